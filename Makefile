@@ -1,0 +1,30 @@
+# Set-up and test entry points. Python 3.11 (or 3.10), PyPI reachable, no GPU needed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: install test test-all quickstart clean
+
+$(BIN)/dvsguard: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# the CPU build of torch first, so nothing pulls a CUDA build
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(BIN)/dvsguard
+
+test: install
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-all: install
+	$(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
+
+quickstart: install
+	$(BIN)/dvsguard synth digits
+	$(BIN)/dvsguard preprocess digits
+
+clean:
+	rm -rf $(VENV) .pytest_cache
