@@ -1,0 +1,100 @@
+"""Pipeline files: the shipped ones plan cleanly; invalid ones give one error naming file and key."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dvsguard.errors import ConfigError
+from dvsguard.pipeline import load_pipeline, plan
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted((ROOT / "pipelines").glob("*.toml"))
+
+MINIMAL = """
+[pipeline]
+name = "t"
+run_dir = "{run}"
+[data]
+source = "synth"
+per_class = 2
+[[train]]
+name = "a"
+defense = "vanilla"
+epochs = 1
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "p.toml"
+    path.write_text(text.format(run=tmp_path / "run"))
+    return path
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_pipelines_dry_run(path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvsguard", "run", str(path), "--dry-run", "--json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])["plan"]
+    stages = [r["stage"] for r in rows]
+    assert "preprocess" in stages and any(s.startswith("train:") for s in stages)
+    assert all(r["command"][0] == "dvsguard" for r in rows)
+
+
+def test_shipped_names() -> None:
+    assert {p.name for p in SHIPPED} >= {"quickstart.toml", "cifar10dvs_table2.toml", "cifar10dvs_lambda_sweep.toml"}
+
+
+def test_table2_plan_has_four_defenses() -> None:
+    cfg = load_pipeline(ROOT / "pipelines" / "cifar10dvs_table2.toml")
+    assert [t["defense"] for t in cfg.train] == ["vanilla", "fgsm-at", "sr", "sr-star"]
+    assert cfg.attack is not None and cfg.attack["eps"] == [pytest.approx(8 / 255)]
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda t: t.replace("epochs = 1", "epochz = 1"), "[train.0] unknown key 'epochz'"),
+        (lambda t: t.replace("epochs = 1", 'epochs = "one"'), "[train.0] key 'epochs': expected integer, got str"),
+        (lambda t: t.replace('source = "synth"', 'source = "no/such/folder"'), "[data] key 'source': folder"),
+        (lambda t: t.replace('name = "t"', ""), "[pipeline] missing required key 'name'"),
+        (lambda t: t + "\n[bogus]\nx = 1\n", "unknown section [bogus]"),
+        (lambda t: t + "\n[export]\nmodel = 'zzz'\n", "[export] key 'model': no [[train]] run named 'zzz'"),
+        (lambda t: t + "\n[attack]\neps = ['8/0']\n", "[attack] key 'eps'"),
+        (lambda t: t.replace("per_class = 2", "per_class = true"), "[data] key 'per_class': expected integer"),
+        (lambda t: t + "\n[pipeline2\n", "not valid TOML"),
+    ],
+)
+def test_invalid_files_name_file_and_key(tmp_path: Path, edit, expected: str) -> None:
+    path = write(tmp_path, edit(MINIMAL))
+    with pytest.raises(ConfigError) as info:
+        load_pipeline(path)
+    message = str(info.value)
+    assert str(path) in message and expected in message
+    assert "\n" not in message
+
+
+def test_missing_file_cli_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvsguard", "run", str(tmp_path / "none.toml")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"dvsguard: error: {tmp_path / 'none.toml'}: pipeline file not found"
+
+
+def test_plan_from_and_only(tmp_path: Path) -> None:
+    cfg = load_pipeline(write(tmp_path, MINIMAL))
+    actions = {r["stage"]: r["action"] for r in plan(cfg, only="train")}
+    assert actions == {"synth": "skip (not selected)", "preprocess": "skip (not selected)", "train:a": "run (forced)"}
+    actions = {r["stage"]: r["action"] for r in plan(cfg, start="preprocess")}
+    assert actions == {"synth": "run", "preprocess": "run (forced)", "train:a": "run (forced)"}
+    with pytest.raises(ConfigError, match="no stage named 'nope'"):
+        plan(cfg, only="nope")
