@@ -81,3 +81,29 @@ def version(as_json: bool = JsonOpt) -> None:
     from dvsguard import __version__
 
     _emit({"version": __version__}, as_json, lambda r: f"dvsguard {r['version']}")
+
+
+@app.command()
+def run(
+    pipeline: Path = typer.Argument(..., help="Pipeline file (TOML), e.g. pipelines/quickstart.toml."),
+    from_stage: str = typer.Option(None, "--from", help="Rerun from this stage (or group: data, train, attack, ...) on."),
+    only: str = typer.Option(None, "--only", help="Rerun only this stage (or group)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and exit."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Run a pipeline of stages; unchanged stages are skipped, a killed run resumes."""
+    from dvsguard.pipeline import load_pipeline, plan, run_pipeline
+
+    if from_stage and only:
+        raise typer.BadParameter("give --from or --only, not both")
+    cfg = load_pipeline(pipeline)
+    if dry_run:
+        rows = plan(cfg, start=from_stage, only=only)
+        _emit(
+            {"pipeline": str(cfg.path), "run_dir": str(cfg.run_dir), "plan": rows},
+            as_json,
+            lambda r: "\n".join(f"{row['action']:<20} {row['stage']:<22} {' '.join(row['command'])}" for row in r["plan"]),
+        )
+        return
+    result = run_pipeline(cfg, start=from_stage, only=only)
+    _emit(result, as_json, lambda r: "\n".join(f"{k:<22} {v}" for k, v in r["stages"].items()) + f"\nrun folder: {r['run_dir']}")
