@@ -1,0 +1,142 @@
+"""Defenses: adversarial batches within ε and the valid range, eval-mode attacks, RAT's retraction."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dvsguard.errors import ConfigError
+from dvsguard.train.defenses import DEFENSES, make_defense, parseval_retraction
+from dvsguard.train.losses import cross_entropy
+
+
+class Recorder(nn.Module):
+    """Wraps a model and records the inputs and training flags of each call."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls: list[tuple[torch.Tensor, bool]] = []
+
+    def forward(self, x):
+        self.calls.append((x.detach().clone(), self.training))
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("name", ["fgsm-at", "pgd-at", "sr-star", "rat"])
+def test_adversarial_batches_stay_within_eps_and_range(name, frames, tiny_net):
+    x, y = frames
+    x = x.clone()
+    x[:, :, :, :2] = 0.0  # pixels at the lower bound
+    x[:, :, :, -2:] = 1.0  # and at the upper bound
+    eps = 8 / 255
+    model = Recorder(tiny_net()).train()
+    defense = make_defense(name, eps=eps, pgd_steps=3, generator=torch.Generator().manual_seed(0))
+    loss, logits = defense.loss(model, x, y)
+    assert torch.isfinite(loss) and logits.shape == (6, 4)
+    attack_calls = [c for c in model.calls if not c[1]]
+    train_calls = [c for c in model.calls if c[1]]
+    assert len(attack_calls) == (3 if name == "pgd-at" else 1)  # attacks run in eval mode
+    assert model.training  # and the mode is restored
+    x_adv = train_calls[0][0]
+    assert (x_adv - x).abs().max() <= eps + 1e-6
+    assert (x_adv - x).abs().max() >= eps - 1e-6  # it did move by ε somewhere
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+    if name == "sr-star":
+        assert len(train_calls) == 2  # SR's two passes, on the adversarial batch
+        torch.testing.assert_close(logits, model.inner(x_adv))
+
+
+def test_attacks_leave_batchnorm_statistics_alone(frames, tiny_net):
+    x, y = frames
+    net = tiny_net().train()
+    before = net.bn.running_mean.clone()
+    defense = make_defense("pgd-at", eps=4 / 255, pgd_steps=2, generator=torch.Generator().manual_seed(0))
+    adv = defense.adversary(net, x, y)  # type: ignore[attr-defined]
+    assert torch.equal(net.bn.running_mean, before)
+    assert net.training
+    assert adv.shape == x.shape
+
+
+def test_fgsm_at_increases_the_loss(frames, tiny_net):
+    x, y = frames
+    torch.manual_seed(0)
+    net = tiny_net().eval()
+    defense = make_defense("fgsm-at", eps=8 / 255)
+    clean = cross_entropy(net(x), y)
+    adv_loss, _ = defense.loss(net, x, y)
+    assert adv_loss > clean
+
+
+def test_pgd_random_start_follows_the_generator(frames, tiny_net):
+    x, y = frames
+    net = tiny_net().eval()
+    a = make_defense("pgd-at", pgd_steps=1, generator=torch.Generator().manual_seed(5)).adversary(net, x, y)
+    b = make_defense("pgd-at", pgd_steps=1, generator=torch.Generator().manual_seed(5)).adversary(net, x, y)
+    c = make_defense("pgd-at", pgd_steps=1, generator=torch.Generator().manual_seed(6)).adversary(net, x, y)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_sr_defense_is_ce_plus_lambda_r(frames, tiny_net):
+    from dvsguard.train.losses import sparsity_regularizer
+
+    x, y = frames
+    net = tiny_net().eval()
+    defense = make_defense("sr", lam=0.5, sr_form="abs")
+    loss, logits = defense.loss(net, x, y)
+    reg, _ = sparsity_regularizer(net, x, y, h=0.01, form="abs")
+    torch.testing.assert_close(loss, cross_entropy(net(x), y) + 0.5 * reg)
+
+
+def _orthogonality_gap(w: torch.Tensor) -> float:
+    m = w.view(w.shape[0], -1)
+    small = m.t() @ m if m.shape[0] >= m.shape[1] else m @ m.t()
+    return float((small - torch.eye(small.shape[0])).norm())
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (4, 6), (8, 2, 3, 3)])
+def test_parseval_retraction_moves_weights_toward_orthogonality(shape):
+    torch.manual_seed(0)
+    w = torch.randn(*shape) * 0.3
+    gaps = [_orthogonality_gap(w)]
+    for _ in range(200):
+        parseval_retraction(w, beta=0.05)
+        gaps.append(_orthogonality_gap(w))
+    assert gaps[1] < gaps[0]
+    assert gaps[-1] < 0.1 * gaps[0]
+
+
+def test_parseval_retraction_matches_the_formula():
+    torch.manual_seed(1)
+    w = torch.randn(5, 3, dtype=torch.float64)
+    expected = 1.001 * w - 0.001 * w @ w.t() @ w
+    parseval_retraction(w, beta=0.001)
+    torch.testing.assert_close(w, expected)
+
+
+def test_rat_retracts_conv_and_linear_weights_after_a_step(tiny_net):
+    torch.manual_seed(0)
+    net = tiny_net()
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    rat = make_defense("rat", beta=5e-4)
+    assert not rat.weight_decay_allowed
+    rat.after_step(net)
+    after = dict(net.named_parameters())
+    for name in ("conv.weight", "fc.weight"):
+        w = before[name].view(before[name].shape[0], -1)
+        torch.testing.assert_close(after[name].detach().view_as(w), 1.0005 * w - 5e-4 * w @ w.t() @ w)
+    for name in ("bn.weight", "bn.bias", "fc.bias"):
+        assert torch.equal(after[name], before[name])
+
+
+def test_registry_names_and_errors():
+    assert DEFENSES == ("vanilla", "sr", "fgsm-at", "pgd-at", "sr-star", "rat")
+    for name in DEFENSES:
+        assert make_defense(name).name == name
+    with pytest.raises(ConfigError, match="defense 'trades' is unknown"):
+        make_defense("trades")
+    with pytest.raises(ConfigError, match="sr-form"):
+        make_defense("sr", sr_form="l2")
+    assert make_defense("sr-star", attack="pgd").adversary.spec.kind == "pgd"  # type: ignore[attr-defined]
