@@ -1,0 +1,22 @@
+"""Random perturbation: uniform noise in the ε-cube (Definition 4.1, Observation 1 of the paper)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from dvsguard.attack.base import Attack, sample_noise
+
+
+class RandomNoise(Attack):
+    """``x + ε·δ`` with δ uniform in [-1, 1] per element (then clamped into the value range).
+
+    Uses no gradient; the model is not run.
+    """
+
+    name = "random"
+    uses_gradient = False
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, sample_ids: Tensor | Sequence[int] | None) -> Tensor:
+        return x + self.eps * sample_noise(x, "uniform", seed=self.seed, salt=self.name, sample_ids=sample_ids)

@@ -1,0 +1,125 @@
+"""Attack contracts: ε-ball and range, FGSM = one PGD step, modes restored, per-sample noise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dvsguard.attack import REGISTRY, fgsm, make_attack, pgd
+from dvsguard.attack.apgd import checkpoints
+from dvsguard.errors import AttackError
+
+EPS = 8 / 255
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_attack_stays_in_ball_and_range(name, tiny, batch) -> None:
+    x, y = batch
+    attack = make_attack(name, EPS, **({"steps": 5} if "apgd" in name or name.startswith("pgd") else {}))
+    x_adv = attack(tiny, x, y)
+    assert x_adv.shape == x.shape
+    assert (x_adv - x).abs().max() <= EPS + 1e-6
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+    if name != "random":
+        assert not torch.equal(x_adv, x)  # it did move
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd10", "apgd10", "rfgsm", "random"])
+def test_attack_respects_a_custom_range_at_the_edges(name, tiny) -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 3, (3, 4, 2, 8, 8), generator=g).float() * 0.5  # 0, 0.5, 1: edges of the range
+    y = torch.tensor([0, 1, 2, 3])
+    x_adv = make_attack(name, 0.2, value_range=(0.0, 1.0))(tiny, x, y)
+    assert (x_adv - x).abs().max() <= 0.2 + 1e-6
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+
+
+def test_pgd_one_step_without_start_is_fgsm(tiny, batch) -> None:
+    x, y = batch
+    a = pgd(tiny, x, y, EPS, alpha=EPS, steps=1, random_start=False)
+    b = fgsm(tiny, x, y, EPS)
+    assert torch.equal(a, b)
+    c = make_attack("pgd1", EPS, alpha=EPS, random_start=False)(tiny, x, y)
+    assert torch.equal(c, b)
+
+
+def test_fgsm_moves_every_pixel_by_eps_where_the_range_allows(tiny, batch) -> None:
+    x, y = batch
+    x = x.clamp(0.1, 0.9)
+    x_adv = fgsm(tiny, x, y, 0.05)
+    moved = (x_adv - x).abs()
+    assert torch.allclose(moved[moved > 0], torch.full_like(moved[moved > 0], 0.05), atol=1e-6)
+
+
+def test_model_mode_restored(tiny, batch) -> None:
+    x, y = batch
+    tiny.train()
+    tiny.bn.eval()  # a mixed state must come back as it was
+    seen = []
+    hook = tiny.conv.register_forward_hook(lambda m, i, o: seen.append(tiny.bn.training or tiny.training))
+    make_attack("pgd10", EPS)(tiny, x, y)
+    hook.remove()
+    assert seen and not any(seen)  # eval mode during the attack
+    assert tiny.training and not tiny.bn.training
+
+
+def test_model_mode_restored_after_an_exception(tiny, batch) -> None:
+    x, y = batch
+    tiny.train()
+
+    def boom(logits, y):
+        raise RuntimeError("loss failed")
+
+    with pytest.raises(RuntimeError, match="loss failed"):
+        make_attack("pgd10", EPS, loss_fn=boom)(tiny, x, y)
+    assert tiny.training and tiny.bn.training
+
+
+def test_random_starts_are_per_sample(tiny, batch) -> None:
+    """A sample's result does not depend on the other samples in its batch."""
+    x, y = batch
+    ids = torch.arange(10, 16)
+    for name in ["pgd10", "apgd10", "rfgsm", "random"]:
+        attack = make_attack(name, EPS, seed=7)
+        full = attack(tiny, x, y, sample_ids=ids)
+        part = attack(tiny, x[:, 2:5], y[2:5], sample_ids=ids[2:5])
+        assert torch.allclose(full[:, 2:5], part, atol=1e-6), name
+        other_seed = make_attack(name, EPS, seed=8)(tiny, x, y, sample_ids=ids)
+        assert not torch.equal(other_seed, full), name
+
+
+def test_pgd_generator_draws_the_batch(tiny, batch) -> None:
+    x, y = batch
+    a = pgd(tiny, x, y, EPS, steps=2, generator=torch.Generator().manual_seed(0))
+    b = pgd(tiny, x, y, EPS, steps=2, generator=torch.Generator().manual_seed(0))
+    c = pgd(tiny, x, y, EPS, steps=2, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_bad_inputs_are_attack_errors(tiny, batch) -> None:
+    x, y = batch
+    with pytest.raises(AttackError, match="labels"):
+        make_attack("fgsm", EPS)(tiny, x, y[:3])
+    with pytest.raises(AttackError, match="eps"):
+        make_attack("fgsm", -1.0)
+    with pytest.raises(AttackError, match="unknown attack"):
+        make_attack("cw", EPS)
+    assert make_attack("PGD7", EPS).steps == 7
+    assert make_attack("apgd", EPS).steps == 100
+
+
+def test_apgd_checkpoints_follow_the_schedule() -> None:
+    assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert checkpoints(10) == [3, 5, 6, 7, 8, 9]
+
+
+def test_apgd_restarts_only_improve(tiny, batch) -> None:
+    x, y = batch
+    loss = torch.nn.functional.cross_entropy
+    one = make_attack("apgd10", EPS, restarts=1)(tiny, x, y)
+    three = make_attack("apgd10", EPS, restarts=3)(tiny, x, y)
+    with torch.no_grad():
+        l1 = loss(tiny(one), y, reduction="none")
+        l3 = loss(tiny(three), y, reduction="none")
+        fooled3 = tiny(three).argmax(1) != y
+    assert torch.all((l3 >= l1 - 1e-5) | fooled3)
