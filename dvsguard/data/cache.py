@@ -1,0 +1,518 @@
+"""The HDF5 frame cache: one file per (source, split, framing config), built atomically and resumably.
+
+File layout (``<source>-<split>-<key>.h5``; ``key`` hashes the framing config, the format
+version and the source listing — paths, sizes, mtimes, labels of every split — so the
+splits of one build share it and find each other by name):
+
+* ``frames``  uint8 ``[N, T, 2, H, W]`` event counts clipped at ``count_cap``, one chunk per
+  sample ``(1, T, 2, H, W)``, compressed;
+* ``labels``  int64 ``[N]`` class indices into the ``classes`` attribute;
+* ``sources`` str ``[N]`` recording paths relative to the source root;
+* ``crc``     uint32 ``[N]`` CRC-32 of each sample's frame bytes; ``done`` uint8 ``[N]``;
+* attributes: ``format``, ``format_version``, ``complete``, ``split``, ``source``, ``key``,
+  ``classes``, ``framing`` (JSON of :class:`FramingConfig`), ``count_cap``,
+  ``value_range`` (frames at the model's door are float32 ``count / count_cap`` in it),
+  ``siblings`` (JSON ``{split: file name}``), ``failed`` (JSON ``[[file, cause], ...]``).
+
+A build writes ``<name>.h5.partial``; every ``commit_every`` samples it flushes, fsyncs and
+marks those samples ``done``. A rerun checks the CRC of every sample marked done and frames
+only the rest (an unreadable partial file is started afresh). When every recording is
+framed (or failed), the whole file is verified, marked ``complete``, fsynced and renamed
+to its final name. Recordings that cannot be read are reported (one line each), skipped and
+listed in ``failed``; the finished cache then holds only the good samples.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from dvsguard.data.frames import VALUE_RANGE, FramingConfig, events_to_frames
+from dvsguard.errors import CacheError, DvsguardError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "dvsguard-frame-cache"
+FORMAT_VERSION = 1
+COMPRESSION = "lzf"  # decodes faster than gzip on these sparse count frames (see benchmarks/)
+PARTIAL_SUFFIX = ".partial"
+
+Item = tuple[Path, int]  # (recording path, class index)
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """What a validated cache file holds. ``value_range`` is that of ``count / count_cap``."""
+
+    path: Path
+    split: str
+    n_samples: int
+    n_frames: int
+    height: int
+    width: int
+    classes: list[str]
+    value_range: tuple[float, float]
+    count_cap: int
+    framing: dict[str, Any]
+    source: str
+    key: str
+    siblings: dict[str, Path] = field(default_factory=dict)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def framing_config(self) -> FramingConfig:
+        return FramingConfig.from_dict(self.framing)
+
+
+@dataclass
+class BuildResult:
+    """Outcome of :func:`build_cache`.
+
+    ``n_processed`` recordings were framed in this run; ``n_resumed`` samples were kept
+    from an interrupted build; ``reused`` is True when the finished cache already existed.
+    """
+
+    path: Path
+    n_samples: int
+    n_processed: int
+    n_resumed: int
+    failed: list[tuple[str, str]]
+    seconds: float
+    reused: bool = False
+
+
+# ----------------------------------------------------------------------------- naming
+
+
+def source_listing(items: Sequence[Item]) -> list[list[Any]]:
+    """``[[path, size, mtime_ns, label], ...]`` of the recordings (size -1 if missing)."""
+    rows = []
+    for path, label in items:
+        try:
+            st = os.stat(path)
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size, mtime = -1, -1
+        rows.append([str(Path(path).resolve()), size, mtime, int(label)])
+    return rows
+
+
+def cache_key(splits: dict[str, Sequence[Item]], cfg: FramingConfig, classes: Sequence[str]) -> str:
+    """12 hex digits of SHA-256 over the format version, framing config, classes and listing."""
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "framing": cfg.to_dict(),
+        "classes": list(classes),
+        "splits": {name: source_listing(items) for name, items in sorted(splits.items())},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cache_paths(cache_dir: str | os.PathLike, source: str, splits: dict[str, Sequence[Item]],
+                cfg: FramingConfig, classes: Sequence[str]) -> dict[str, Path]:
+    """``{split: cache_dir/<source>-<split>-<key>.h5}`` for every split."""
+    key = cache_key(splits, cfg, classes)
+    return {name: Path(cache_dir) / f"{source}-{name}-{key}.h5" for name in splits}
+
+
+def split_path(info_or_path: CacheInfo | str | os.PathLike, split: str) -> Path:
+    """Path of the sibling cache file of another split (from the ``siblings`` attribute)."""
+    info = info_or_path if isinstance(info_or_path, CacheInfo) else open_cache(info_or_path)
+    if split not in info.siblings:
+        raise CacheError(f"{info.path}: no {split!r} split recorded (has {', '.join(sorted(info.siblings)) or 'none'})")
+    return info.siblings[split]
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _json_attr(f: h5py.File, name: str, path: Path) -> Any:
+    try:
+        return json.loads(f.attrs[name])
+    except KeyError:
+        raise CacheError(f"{path}: attribute {name!r} is missing (not a complete dvsguard cache)") from None
+    except (TypeError, ValueError) as exc:
+        raise CacheError(f"{path}: attribute {name!r} is not valid JSON ({exc})") from None
+
+
+def _info_from_file(f: h5py.File, path: Path, require_complete: bool = True) -> CacheInfo:
+    fmt = f.attrs.get("format")
+    if isinstance(fmt, bytes):
+        fmt = fmt.decode()
+    if fmt != FORMAT:
+        raise CacheError(f"{path}: not a dvsguard frame cache (format attribute is {fmt!r})")
+    version = int(f.attrs.get("format_version", -1))
+    if version != FORMAT_VERSION:
+        raise CacheError(f"{path}: cache format version {version}, this dvsguard reads version {FORMAT_VERSION}; rebuild it")
+    if require_complete and not bool(f.attrs.get("complete", False)):
+        raise CacheError(f"{path}: incomplete cache (its build did not finish)")
+    for name in ("frames", "labels", "sources", "crc"):
+        if name not in f or not isinstance(f[name], h5py.Dataset):
+            raise CacheError(f"{path}: dataset {name!r} is missing")
+    try:
+        cfg = FramingConfig.from_dict(_json_attr(f, "framing", path))
+    except DvsguardError as exc:
+        raise CacheError(f"{path}: bad framing attribute ({exc})") from None
+    classes = _json_attr(f, "classes", path)
+    frames, labels = f["frames"], f["labels"]
+    n = frames.shape[0] if frames.ndim else -1
+    if frames.dtype != np.uint8 or tuple(frames.shape[1:]) != cfg.shape:
+        raise CacheError(f"{path}: frames are {frames.dtype} {frames.shape}, expected uint8 [N, {', '.join(map(str, cfg.shape))}]")
+    for name in ("labels", "sources", "crc"):
+        if f[name].shape != (n,):
+            raise CacheError(f"{path}: {name} has shape {f[name].shape}, frames hold {n} samples")
+    if n and require_complete:
+        lab = labels[()]
+        if lab.min() < 0 or lab.max() >= len(classes):
+            raise CacheError(f"{path}: labels outside 0..{len(classes) - 1}")
+    siblings = {k: path.parent / v for k, v in _json_attr(f, "siblings", path).items()}
+    failed = [tuple(x) for x in _json_attr(f, "failed", path)] if "failed" in f.attrs else []
+    return CacheInfo(
+        path=path,
+        split=str(f.attrs.get("split", "")),
+        n_samples=int(n),
+        n_frames=cfg.n_frames,
+        height=cfg.height,
+        width=cfg.width,
+        classes=[str(c) for c in classes],
+        value_range=tuple(float(v) for v in f.attrs.get("value_range", VALUE_RANGE)),  # type: ignore[arg-type]
+        count_cap=cfg.count_cap,
+        framing=cfg.to_dict(),
+        source=str(f.attrs.get("source", "")),
+        key=str(f.attrs.get("key", "")),
+        siblings=siblings,
+        failed=failed,  # type: ignore[arg-type]
+    )
+
+
+def _open_h5(path: Path, mode: str = "r") -> h5py.File:
+    """Open an HDF5 file, turning a truncated/foreign/missing file into a CacheError."""
+    if not path.exists():
+        raise CacheError(f"{path}: no such cache file")
+    if not path.is_file():
+        raise CacheError(f"{path}: not a file")
+    try:
+        return h5py.File(path, mode)
+    except OSError as exc:
+        cause = " ".join(str(exc).split())
+        raise CacheError(f"{path}: not a readable HDF5 file, truncated or foreign ({cause})") from None
+
+
+def open_cache(path: str | os.PathLike) -> CacheInfo:
+    """Validate a finished cache file and describe it; ``CacheError`` naming the file and cause otherwise."""
+    path = Path(path)
+    f = _open_h5(path)
+    try:
+        return _info_from_file(f, path)
+    except CacheError:
+        raise
+    except Exception as exc:  # h5py raises KeyError/OSError/ValueError on damaged files
+        raise CacheError(f"{path}: damaged cache file ({type(exc).__name__}: {exc})") from None
+    finally:
+        f.close()
+
+
+def verify_cache(path: str | os.PathLike) -> CacheInfo:
+    """Read every sample and check its CRC-32; ``CacheError`` naming the first bad sample."""
+    path = Path(path)
+    info = open_cache(path)
+    with _open_h5(path) as f:
+        bad = _bad_samples(f, np.arange(info.n_samples))
+    if bad:
+        raise CacheError(f"{path}: {len(bad)} sample(s) fail their checksum, first index {bad[0]}")
+    return info
+
+
+def _bad_samples(f: h5py.File, indices: np.ndarray) -> list[int]:
+    """Indices whose stored frames are unreadable or do not match their CRC-32."""
+    frames, crcs = f["frames"], f["crc"][()]
+    bad = []
+    for i in indices:
+        try:
+            ok = zlib.crc32(frames[int(i)].tobytes()) == int(crcs[i])
+        except Exception:  # unreadable chunk
+            ok = False
+        if not ok:
+            bad.append(int(i))
+    return bad
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def _frame_job(job: tuple[int, str, FramingConfig]) -> tuple[int, np.ndarray | None, int, str]:
+    """Worker: read + frame one recording → (index, frames uint8 [T,2,H,W], crc32, error)."""
+    index, path, cfg = job
+    from dvsguard.data.events import read_events
+
+    try:
+        frames = events_to_frames(read_events(path), cfg)
+    except DvsguardError as exc:
+        msg = str(exc)
+        return index, None, 0, msg if path in msg else f"{path}: {msg}"
+    except Exception as exc:  # a reader bug must not stop the other recordings
+        return index, None, 0, f"{path}: {type(exc).__name__}: {exc}"
+    return index, frames, zlib.crc32(frames.tobytes()), ""
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _relative(path: Path, root: Path | None) -> str:
+    if root is not None:
+        try:
+            return str(Path(path).resolve().relative_to(root.resolve()))
+        except ValueError:
+            pass
+    return str(path)
+
+
+def _create_partial(partial: Path, n: int, cfg: FramingConfig, attrs: dict[str, Any],
+                    labels: np.ndarray, sources: list[str], compression: str | None) -> None:
+    tmp = partial.with_name(partial.name + ".new")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("frames", shape=(n, *cfg.shape), dtype=np.uint8,
+                         chunks=(1, *cfg.shape) if n else None, compression=compression if n else None)
+        f.create_dataset("labels", data=labels.astype(np.int64))
+        f.create_dataset("sources", data=np.array(sources, dtype=object), dtype=h5py.string_dtype())
+        f.create_dataset("crc", shape=(n,), dtype=np.uint32)
+        f.create_dataset("done", shape=(n,), dtype=np.uint8)
+        for k, v in attrs.items():
+            f.attrs[k] = v
+        f.attrs["complete"] = False
+    _fsync_path(tmp)
+    os.replace(tmp, partial)
+
+
+def _resume_state(partial: Path, key: str, n: int) -> np.ndarray | None:
+    """Done mask of a usable partial file (bad samples cleared), or None to start afresh."""
+    if not partial.exists():
+        return None
+    try:
+        with h5py.File(partial, "r") as f:
+            if f.attrs.get("key") != key or f["frames"].shape[0] != n:
+                log.info("%s: left by a build with other inputs; starting afresh", partial)
+                return None
+            done = f["done"][()].astype(bool)
+            bad = _bad_samples(f, np.flatnonzero(done))
+    except Exception as exc:
+        log.warning("%s: interrupted build is unreadable (%s); starting afresh", partial, " ".join(str(exc).split()))
+        return None
+    if bad:
+        log.warning("%s: %d sample(s) of the interrupted build fail their checksum; framing them again", partial, len(bad))
+        done[bad] = False
+    return done
+
+
+def _pool_context() -> mp.context.BaseContext:
+    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+
+
+def _worker_init() -> None:
+    """Workers leave Ctrl-C to the parent and die with it (Linux) instead of framing on as orphans."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            if os.getppid() == 1:  # the parent already died before prctl
+                os._exit(1)
+        except (OSError, AttributeError):
+            pass
+
+
+def build_cache(
+    path: str | os.PathLike,
+    items: Sequence[Item],
+    *,
+    classes: Sequence[str],
+    cfg: FramingConfig,
+    split: str,
+    source: str = "",
+    siblings: dict[str, str | os.PathLike] | None = None,
+    source_root: str | os.PathLike | None = None,
+    key: str | None = None,
+    workers: int = 2,
+    commit_every: int = 64,
+    compression: str | None = COMPRESSION,
+    on_sample: Callable[[int], None] | None = None,
+    progress: bool = True,
+) -> BuildResult:
+    """Frame ``items`` (recording path, class index) into the cache file ``path``.
+
+    Reading and framing run in ``workers`` processes (1 = in this process); this process
+    writes. A finished cache at ``path`` is validated and reused; a ``.partial`` file left by
+    an interrupted build with the same ``key`` is resumed. ``on_sample(i)`` is called after
+    sample ``i`` is written. Recordings that fail are logged one line each and returned in
+    ``failed``.
+    """
+    start = time.perf_counter()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    items = [(Path(p), int(y)) for p, y in items]
+    n = len(items)
+    key = key or cache_key({split: items}, cfg, classes)
+    siblings = {k: Path(v).name for k, v in (siblings or {split: path}).items()}
+    siblings.setdefault(split, path.name)
+    if path.exists():
+        info = open_cache(path)
+        if info.key != key:
+            raise CacheError(f"{path}: holds a cache of other inputs (key {info.key}, expected {key}); remove it")
+        return BuildResult(path, info.n_samples, 0, 0, list(info.failed), time.perf_counter() - start, reused=True)
+
+    lock_path = path.with_name(path.name + ".lock")
+    lock = open(lock_path, "w")
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise CacheError(f"{path}: another process is building this cache (lock {lock_path} is held)") from None
+        return _build_locked(path, items, classes, cfg, split, source, siblings, source_root, key, workers,
+                             commit_every, compression, on_sample, progress, start)
+    finally:
+        lock_path.unlink(missing_ok=True)
+        lock.close()
+
+
+def _build_locked(path: Path, items: list[Item], classes: Sequence[str], cfg: FramingConfig, split: str,
+                  source: str, siblings: dict[str, str], source_root: str | os.PathLike | None, key: str,
+                  workers: int, commit_every: int, compression: str | None,
+                  on_sample: Callable[[int], None] | None, progress: bool, start: float) -> BuildResult:
+    from dvsguard.progress import make_progress
+
+    n = len(items)
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    root = Path(source_root) if source_root is not None else None
+    attrs = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "split": split,
+        "source": source,
+        "key": key,
+        "classes": json.dumps(list(classes)),
+        "framing": json.dumps(cfg.to_dict()),
+        "count_cap": cfg.count_cap,
+        "value_range": np.array(VALUE_RANGE, dtype=np.float64),
+        "siblings": json.dumps(siblings, sort_keys=True),
+        "source_root": str(root.resolve()) if root is not None else "",
+    }
+    done = _resume_state(partial, key, n)
+    if done is None:
+        labels = np.array([y for _, y in items], dtype=np.int64)
+        _create_partial(partial, n, cfg, attrs, labels, [_relative(p, root) for p, _ in items], compression)
+        done = np.zeros(n, dtype=bool)
+    n_resumed = int(done.sum())
+    if n_resumed:
+        log.info("%s: resuming an interrupted build, %d of %d samples already framed", path.name, n_resumed, n)
+    todo = [i for i in range(n) if not done[i]]
+    jobs = [(i, str(items[i][0]), cfg) for i in todo]
+    errors: dict[int, str] = {}
+    pool = _pool_context().Pool(workers, initializer=_worker_init) if workers > 1 and len(jobs) > 1 else None
+    try:
+        results = pool.imap_unordered(_frame_job, jobs, chunksize=1) if pool else map(_frame_job, jobs)
+        with h5py.File(partial, "r+") as f, make_progress() as bar:
+            task = bar.add_task(f"framing {split}", total=n, completed=n_resumed, visible=progress)
+            frames_ds, crc_ds = f["frames"], f["crc"]
+            pending: list[int] = []
+            last_commit = time.monotonic()
+
+            def commit() -> None:
+                if pending:
+                    f.flush()
+                    os.fsync(f.id.get_vfd_handle())
+                    idx = np.array(sorted(pending))
+                    done[idx] = True
+                    f["done"][idx] = 1
+                    f.flush()
+                    os.fsync(f.id.get_vfd_handle())
+                    pending.clear()
+
+            for index, frames, crc, error in results:
+                if error:
+                    errors[index] = error
+                    log.warning("skipped %s", error)
+                else:
+                    frames_ds[index] = frames
+                    crc_ds[index] = crc
+                    pending.append(index)
+                bar.advance(task)
+                if len(pending) >= commit_every or time.monotonic() - last_commit > 5.0:
+                    commit()
+                    last_commit = time.monotonic()
+                if on_sample is not None:
+                    on_sample(index)
+            commit()
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+    failed = [(str(items[i][0]), errors[i]) for i in sorted(errors)]
+    good = np.flatnonzero(done)
+    if len(good) + len(failed) != n:  # pragma: no cover - defensive
+        raise CacheError(f"{partial}: {n - len(good) - len(failed)} samples neither framed nor failed")
+    with h5py.File(partial, "r") as f:
+        bad = _bad_samples(f, good)
+    if bad:
+        raise CacheError(f"{partial}: {len(bad)} sample(s) fail their checksum after writing, first index {bad[0]}; rerun to rebuild them")
+    if failed:
+        _compact(partial, path, good, compression, failed)
+        partial.unlink()
+    else:
+        with h5py.File(partial, "r+") as f:
+            f.attrs["failed"] = "[]"
+            f.attrs["complete"] = True
+        _fsync_path(partial)
+        os.replace(partial, path)
+    _fsync_path(path.parent)
+    info = open_cache(path)
+    seconds = time.perf_counter() - start
+    log.info("%s: %d samples (%d framed now, %d resumed, %d failed) in %.1f s",
+             path.name, info.n_samples, len(todo) - len(failed), n_resumed, len(failed), seconds)
+    return BuildResult(path, info.n_samples, len(jobs), n_resumed, failed, seconds)
+
+
+def _compact(partial: Path, path: Path, good: np.ndarray, compression: str | None,
+             failed: list[tuple[str, str]]) -> None:
+    """Write only the good samples of ``partial`` into ``path`` (atomically)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(partial, "r") as src, h5py.File(tmp, "w") as dst:
+        m = len(good)
+        shape = src["frames"].shape[1:]
+        frames = dst.create_dataset("frames", shape=(m, *shape), dtype=np.uint8,
+                                    chunks=(1, *shape) if m else None, compression=compression if m else None)
+        for j, i in enumerate(good):
+            frames[j] = src["frames"][int(i)]
+        dst.create_dataset("labels", data=src["labels"][()][good])
+        dst.create_dataset("sources", data=src["sources"][()][good], dtype=h5py.string_dtype())
+        dst.create_dataset("crc", data=src["crc"][()][good])
+        dst.create_dataset("done", data=np.ones(m, dtype=np.uint8))
+        for k, v in src.attrs.items():
+            dst.attrs[k] = v
+        dst.attrs["failed"] = json.dumps(failed)
+        dst.attrs["complete"] = True
+    _fsync_path(tmp)
+    os.replace(tmp, path)
