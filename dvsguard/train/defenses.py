@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
+from dvsguard.attack import fgsm, pgd
+from dvsguard.attack.pgd import default_alpha
 from dvsguard.errors import ConfigError
 from dvsguard.train.losses import SR_FORMS, cross_entropy, sparsity_regularizer
 
@@ -30,7 +32,6 @@ DEFAULT_BETA = 5e-4
 DEFAULT_PGD_STEPS = 5
 VALUE_RANGE = (0.0, 1.0)
 
-AttackFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 
 class Defense(Protocol):
@@ -65,11 +66,15 @@ class AdversarySpec:
 
     @property
     def step_size(self) -> float:
-        return self.alpha if self.alpha is not None else 2.5 * self.eps / self.steps
+        return self.alpha if self.alpha is not None else default_alpha(self.eps, self.steps)
 
 
 class Adversary:
-    """Makes adversarial examples for training with a fixed spec and its own generator."""
+    """Makes adversarial examples for training with a fixed spec and its own generator.
+
+    Uses :func:`dvsguard.attack.fgsm` / :func:`dvsguard.attack.pgd`; the model (unwrapped from
+    DistributedDataParallel) is in eval mode during the attack and its modes are restored.
+    """
 
     def __init__(self, spec: AdversarySpec, generator: torch.Generator | None = None) -> None:
         self.spec = spec
@@ -77,63 +82,18 @@ class Adversary:
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         s = self.spec
+        net = unwrap(model)
         if s.kind == "fgsm":
-            return _fgsm(model, x, y, s.eps, s.value_range)
-        return _pgd(model, x, y, s.eps, s.step_size, s.steps, s.random_start, s.value_range, self.generator)
+            return fgsm(net, x, y, s.eps, s.value_range)
+        return pgd(
+            net, x, y, s.eps, alpha=s.step_size, steps=s.steps, random_start=s.random_start,
+            value_range=s.value_range, generator=self.generator,
+        )
 
 
-# --- temporary attack helpers (to be replaced by dvsguard.attack) ---------------------------
-
-
-class _eval_mode:
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def __enter__(self) -> None:
-        self.was_training = self.model.training
-        self.model.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        self.model.train(self.was_training)
-
-
-def _input_grad(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    x = x.detach().requires_grad_(True)
-    loss = cross_entropy(model(x), y)
-    (g,) = torch.autograd.grad(loss, x)
-    return g
-
-
-def _fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float, value_range: tuple[float, float]) -> Tensor:
-    lo, hi = value_range
-    with _eval_mode(model):
-        g = _input_grad(model, x, y)
-    return (x.detach() + eps * g.sign()).clamp_(lo, hi)
-
-
-def _pgd(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    eps: float,
-    alpha: float,
-    steps: int,
-    random_start: bool,
-    value_range: tuple[float, float],
-    generator: torch.Generator | None,
-) -> Tensor:
-    lo, hi = value_range
-    x0 = x.detach()
-    x_adv = x0.clone()
-    if random_start:
-        noise = torch.rand(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-        x_adv = (x_adv + (2 * noise - 1) * eps).clamp_(lo, hi)
-    with _eval_mode(model):
-        for _ in range(steps):
-            g = _input_grad(model, x_adv, y)
-            x_adv = x_adv + alpha * g.sign()
-            x_adv = torch.min(torch.max(x_adv, x0 - eps), x0 + eps).clamp_(lo, hi)
-    return x_adv.detach()
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (attacks need no gradient sync)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 # --- defenses -------------------------------------------------------------------------------
@@ -204,7 +164,6 @@ class SRStar:
         x_adv = self.adversary(model, x, y)
         reg, logits = sparsity_regularizer(model, x_adv, y, h=self.h, form=self.form)  # type: ignore[arg-type]
         return cross_entropy(logits, y) + self.lam * reg, logits
-
 
     def after_step(self, model: nn.Module) -> None:
         return None
