@@ -430,6 +430,12 @@ def _build_locked(path: Path, items: list[Item], classes: Sequence[str], cfg: Fr
     todo = [i for i in range(n) if not done[i]]
     jobs = [(i, str(items[i][0]), cfg) for i in todo]
     errors: dict[int, str] = {}
+    # import the readers and tonic here once, so forked workers start with them loaded
+    import tonic.slicers  # noqa: F401
+    import tonic.transforms  # noqa: F401
+
+    import dvsguard.data.events  # noqa: F401
+
     pool = _pool_context().Pool(workers, initializer=_worker_init) if workers > 1 and len(jobs) > 1 else None
     try:
         results = pool.imap_unordered(_frame_job, jobs, chunksize=1) if pool else map(_frame_job, jobs)

@@ -1,0 +1,145 @@
+"""A torch ``Dataset`` over one HDF5 frame cache, and the loader that batches it time-first.
+
+Items are ``(x, y)``: x float32 ``[T, 2, H, W]`` = ``count / count_cap`` in [0, 1], y an int
+class index. Batches from :func:`make_loader` are x float32 ``[T, B, 2, H, W]`` (time first)
+and y int64 ``[B]``.
+
+Each process (the main one or a DataLoader worker) opens its own read-only h5py handle on
+its first ``__getitem__``; the dataset pickles without it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+
+from dvsguard.data.cache import CacheInfo, open_cache
+from dvsguard.errors import CacheError
+
+CROP_PADDING = 4  # pixels of zero padding before the random crop
+
+
+def augment_frames(x: torch.Tensor, generator: torch.Generator, padding: int = CROP_PADDING) -> torch.Tensor:
+    """Random crop after ``padding`` zero pixels on each side, then a horizontal flip with p = 0.5.
+
+    ``x`` is ``[T, C, H, W]``; all T frames of the sample get the same crop and flip.
+    """
+    h, w = x.shape[-2:]
+    if padding > 0:
+        padded = F.pad(x, (padding, padding, padding, padding))
+        i, j = (int(v) for v in torch.randint(0, 2 * padding + 1, (2,), generator=generator))
+        x = padded[..., i : i + h, j : j + w]
+    if bool(torch.rand((), generator=generator) < 0.5):
+        x = x.flip(-1)
+    return x.contiguous()
+
+
+class FrameDataset(Dataset):
+    """Samples of the frame cache at ``path`` (validated on construction).
+
+    ``augment`` applies :func:`augment_frames` with a generator seeded from ``seed`` (in the
+    main process) or from the DataLoader worker's seed (in a worker), so runs repeat.
+    """
+
+    def __init__(self, path: str | os.PathLike, augment: bool = False, seed: int = 0) -> None:
+        self.path = Path(path)
+        self.info: CacheInfo = open_cache(self.path)
+        self.augment = augment
+        self.seed = seed
+        self.scale = 1.0 / self.info.count_cap
+        with h5py.File(self.path, "r") as f:
+            self.labels = f["labels"][()].astype(np.int64)
+        self._file: h5py.File | None = None
+        self._frames: h5py.Dataset | None = None
+        self._pid: int | None = None
+        self._generator: torch.Generator | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        return self.info.classes
+
+    def __len__(self) -> int:
+        return self.info.n_samples
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_file=None, _frames=None, _pid=None, _generator=None)
+        return state
+
+    def _open(self) -> h5py.Dataset:
+        if self._frames is None or self._pid != os.getpid():
+            try:
+                self._file = h5py.File(self.path, "r")
+            except OSError as exc:
+                raise CacheError(f"{self.path}: cannot be opened ({' '.join(str(exc).split())})") from None
+            self._frames = self._file["frames"]
+            self._pid = os.getpid()
+            worker = get_worker_info()
+            seed = worker.seed if worker is not None else self.seed
+            self._generator = torch.Generator().manual_seed(int(seed) % (2**63))
+        return self._frames
+
+    def counts(self, index: int) -> np.ndarray:
+        """The stored uint8 counts of one sample, ``[T, 2, H, W]``."""
+        return self._open()[index]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        frames = self._open()[int(index) % len(self)]
+        x = torch.from_numpy(frames).to(torch.float32).mul_(self.scale)
+        if self.augment:
+            assert self._generator is not None
+            x = augment_frames(x, self._generator)
+        return x, int(self.labels[index])
+
+    def close(self) -> None:
+        """Close this process's handle (it reopens on the next ``__getitem__``)."""
+        if self._file is not None:
+            self._file.close()
+        self._file = self._frames = None
+
+
+def collate_time_first(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[(x [T, C, H, W], y), ...]`` → (x ``[T, B, C, H, W]``, y int64 ``[B]``)."""
+    x = torch.stack([b[0] for b in batch], dim=1)
+    y = torch.tensor([int(b[1]) for b in batch], dtype=torch.int64)
+    return x, y
+
+
+def make_loader(
+    path: str | os.PathLike,
+    batch_size: int,
+    shuffle: bool,
+    augment: bool = False,
+    seed: int = 0,
+    num_workers: int = 0,
+    sampler: Sampler | None = None,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A DataLoader over the cache at ``path`` yielding (x float32 ``[T, B, 2, H, W]``, y int64 ``[B]``).
+
+    Shuffling and augmentation draw from generators seeded with ``seed``, so two loaders
+    built alike yield the same batches.
+    """
+    dataset = FrameDataset(path, augment=augment, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_time_first,
+        generator=generator,
+        drop_last=drop_last,
+        persistent_workers=False,
+    )

@@ -1,0 +1,234 @@
+"""CIFAR10-DVS or a folder of recordings → a train and a test frame cache (``dvsguard preprocess``).
+
+A folder's labels come from a labels file (``labels.csv`` in the folder, or one given),
+else from the name of each recording's top sub-folder (``root/<class>/.../file``). The
+split is deterministic, 9:1 per class (:func:`split_train_test`); both caches share one key
+(framing, format version, the listing of both splits) and name each other as siblings.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dvsguard.data.cache import Item, build_cache, cache_key, cache_paths
+from dvsguard.data.frames import FramingConfig
+from dvsguard.errors import ConfigError, RecordingError
+
+log = logging.getLogger(__name__)
+
+CIFAR10DVS = "cifar10dvs"
+LABELS_FILE = "labels.csv"
+_PATH_COLUMNS = ("path", "file", "filename", "recording")
+_NAME_COLUMNS = ("class", "class_name", "name")
+_LABEL_COLUMNS = ("label", "target", "class_index")
+
+
+@dataclass
+class PreprocessResult:
+    """Where the caches went and what went into them; ``failed`` lists (file, cause)."""
+
+    train: Path
+    test: Path
+    classes: list[str]
+    n_train: int
+    n_test: int
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    reused: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "train": str(self.train),
+            "test": str(self.test),
+            "classes": self.classes,
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "failed": [{"file": f, "cause": c} for f, c in self.failed],
+            "seconds": round(self.seconds, 3),
+            "reused": self.reused,
+        }
+
+
+def _suffixes() -> tuple[str, ...]:
+    from dvsguard.data.events import RECORDING_SUFFIXES
+
+    return tuple(s.lower() for s in RECORDING_SUFFIXES)
+
+
+def _natural(text: str) -> tuple[Any, ...]:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
+
+
+def find_recordings(root: Path, exclude: Path | None = None) -> list[Path]:
+    """Recording files under ``root`` (recursive; hidden files/folders and ``exclude`` skipped)."""
+    suffixes = _suffixes()
+    exclude_r = exclude.resolve() if exclude is not None else None
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(
+            d for d in dirnames if not d.startswith(".") and (exclude_r is None or (here / d).resolve() != exclude_r)
+        )
+        for name in filenames:
+            if not name.startswith(".") and Path(name).suffix.lower() in suffixes:
+                found.append(here / name)
+    return sorted(found, key=lambda p: _natural(str(p.relative_to(root))))
+
+
+def _column(header: list[str], choices: tuple[str, ...]) -> str | None:
+    lowered = {h.strip().lower(): h for h in header}
+    return next((lowered[c] for c in choices if c in lowered), None)
+
+
+def read_labels(labels_file: Path, root: Path) -> tuple[list[Item], list[str]]:
+    """Items and classes from a CSV with a header: a path column (``path``/``file``/``filename``,
+    relative to ``root``) and a class name column (``class``/``class_name``/``name``) and/or an
+    integer ``label`` column. Classes are ordered by integer label when there is one, else by name.
+    """
+    try:
+        with open(labels_file, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"{labels_file}: cannot read labels ({exc})") from None
+    if not rows:
+        raise ConfigError(f"{labels_file}: no rows")
+    header = list(rows[0].keys())
+    path_col = _column(header, _PATH_COLUMNS)
+    name_col = _column(header, _NAME_COLUMNS)
+    label_col = _column(header, _LABEL_COLUMNS)
+    if path_col is None or (name_col is None and label_col is None):
+        raise ConfigError(
+            f"{labels_file}: needs a header with a path column ({'/'.join(_PATH_COLUMNS)}) and a class column "
+            f"({'/'.join(_NAME_COLUMNS + _LABEL_COLUMNS)}); has {', '.join(header)}"
+        )
+    entries: list[tuple[Path, str, int | None]] = []
+    for line, row in enumerate(rows, start=2):
+        rel = (row.get(path_col) or "").strip()
+        if not rel:
+            raise ConfigError(f"{labels_file}:{line}: empty path")
+        label: int | None = None
+        if label_col is not None:
+            try:
+                label = int(str(row.get(label_col)).strip())
+            except ValueError:
+                raise ConfigError(f"{labels_file}:{line}: label {row.get(label_col)!r} is not an integer") from None
+        name = str(row.get(name_col)).strip() if name_col is not None else str(label)
+        path = Path(rel) if Path(rel).is_absolute() else root / rel
+        entries.append((path, name, label))
+    if label_col is not None:
+        by_label: dict[int, str] = {}
+        for path, name, label in entries:
+            assert label is not None
+            if by_label.setdefault(label, name) != name:
+                raise ConfigError(f"{labels_file}: label {label} is both {by_label[label]!r} and {name!r}")
+        if sorted(by_label) != list(range(len(by_label))):
+            raise ConfigError(f"{labels_file}: labels must be 0..K-1, found {sorted(by_label)}")
+        classes = [by_label[i] for i in range(len(by_label))]
+        items = [(p, int(lab)) for p, _, lab in entries]  # type: ignore[arg-type]
+    else:
+        classes = sorted({name for _, name, _ in entries}, key=_natural)
+        index = {c: i for i, c in enumerate(classes)}
+        items = [(p, index[name]) for p, name, _ in entries]
+    return items, classes
+
+
+def list_folder(root: Path, labels_file: Path | None = None, exclude: Path | None = None) -> tuple[list[Item], list[str]]:
+    """Items (path, class index) and class names of a folder of recordings."""
+    root = Path(root)
+    if not root.is_dir():
+        raise RecordingError(f"{root}: no such folder of recordings")
+    if labels_file is None and (root / LABELS_FILE).is_file():
+        labels_file = root / LABELS_FILE
+    if labels_file is not None:
+        items, classes = read_labels(Path(labels_file), root)
+        log.info("%s: %d recordings labelled by %s", root, len(items), labels_file)
+        return items, classes
+    files = find_recordings(root, exclude)
+    if not files:
+        raise RecordingError(f"{root}: no recordings ({', '.join(_suffixes())}) found")
+    loose = [f for f in files if f.parent == root]
+    if loose:
+        raise ConfigError(
+            f"{root}: {len(loose)} recording(s) such as {loose[0].name} lie outside class sub-folders and there is "
+            f"no {LABELS_FILE}; put them in <class>/ folders or pass --labels FILE"
+        )
+    classes = sorted({f.relative_to(root).parts[0] for f in files}, key=_natural)
+    index = {c: i for i, c in enumerate(classes)}
+    items = [(f, index[f.relative_to(root).parts[0]]) for f in files]
+    log.info("%s: %d recordings in %d class folders", root, len(items), len(classes))
+    return items, classes
+
+
+def _source_name(text: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._-")
+    return name or "recordings"
+
+
+def preprocess(
+    source: str,
+    cache_dir: str | os.PathLike = "data_cache",
+    cfg: FramingConfig | None = None,
+    *,
+    workers: int = 2,
+    root: str | os.PathLike | None = None,
+    download: bool = False,
+    labels_file: str | os.PathLike | None = None,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    progress: bool = True,
+) -> PreprocessResult:
+    """Build (or reuse) the train and test caches of ``source``.
+
+    ``source`` is ``"cifar10dvs"`` (recordings under ``root``, downloaded with ``download``)
+    or a folder of recordings. Raises ``RecordingError`` when no recording could be read.
+    """
+    start = time.perf_counter()
+    cfg = cfg or FramingConfig()
+    cache_dir = Path(cache_dir)
+    if source == CIFAR10DVS and not Path(source).is_dir():
+        from dvsguard.data.cifar10dvs import CIFAR10DVS_CLASSES, list_cifar10dvs
+
+        source_root = Path(root) if root is not None else Path("data")
+        items = list_cifar10dvs(source_root, download=download)
+        classes = list(CIFAR10DVS_CLASSES)
+        name = CIFAR10DVS
+    else:
+        source_root = Path(source)
+        items, classes = list_folder(source_root, Path(labels_file) if labels_file else None, exclude=cache_dir)
+        name = _source_name(source_root.resolve().name)
+    if not items:
+        raise RecordingError(f"{source}: no recordings to preprocess")
+
+    from dvsguard.data.cifar10dvs import split_train_test
+
+    splits = split_train_test(items, test_fraction=test_fraction, seed=seed)
+    paths = cache_paths(cache_dir, name, splits, cfg, classes)
+    key = cache_key(splits, cfg, classes)
+    siblings = {k: p.name for k, p in paths.items()}
+    results = {}
+    for split in ("train", "test"):
+        results[split] = build_cache(
+            paths[split], splits[split], classes=classes, cfg=cfg, split=split, source=name,
+            siblings=siblings, source_root=source_root, key=key, workers=workers, progress=progress,
+        )
+    failed = results["train"].failed + results["test"].failed
+    n_train, n_test = results["train"].n_samples, results["test"].n_samples
+    if n_train + n_test == 0:
+        for p in paths.values():
+            p.unlink(missing_ok=True)
+        first = f" (first: {failed[0][1]})" if failed else ""
+        raise RecordingError(f"{source}: none of the {len(items)} recordings could be read{first}")
+    if failed:
+        log.warning("%d of %d recordings could not be read and were skipped", len(failed), len(items))
+    return PreprocessResult(
+        train=paths["train"], test=paths["test"], classes=list(classes), n_train=n_train, n_test=n_test,
+        failed=failed, seconds=time.perf_counter() - start,
+        reused=results["train"].reused and results["test"].reused,
+    )
