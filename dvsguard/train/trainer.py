@@ -1,0 +1,507 @@
+"""The training loop: SGD + cosine schedule, one defense, per-epoch evaluation, resumable checkpoints.
+
+Per epoch: train loss/accuracy (on the batches the defense trained on), clean test accuracy and
+a cheap robust check (FGSM at the training ε on the first ``robust_limit`` test samples), logged
+to ``RUN_DIR/metrics.jsonl`` and the console. ``RUN_DIR/last.pt`` is written atomically at the
+end of every epoch with everything needed to go on (model, optimizer, scheduler, RNG states,
+history); ``RUN_DIR/best.pt`` holds the model of the best clean test accuracy.
+
+Resume is at epoch granularity: a killed run restarts the interrupted epoch from the last
+end-of-epoch checkpoint. An epoch's batches, augmentation and PGD starts depend only on
+``(seed, epoch)`` and the restored generator states, so the resumed run reaches the same
+weights as an uninterrupted one (on CPU, with the same number of processes and threads).
+
+Frames are ``[T, B, 2, H, W]`` float in the cache's value range; ε in frame units.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dvsguard.attack import fgsm
+from dvsguard.data.cache import CacheInfo, open_cache, split_path
+from dvsguard.data.dataset import make_loader
+from dvsguard.errors import CheckpointError, ConfigError, TrainError
+from dvsguard.progress import track
+from dvsguard.snn.checkpoint import load_checkpoint, model_payload, save_checkpoint
+from dvsguard.snn.vgg import SpikingVGG, VGGConfig
+from dvsguard.train import distributed as dist_utils
+from dvsguard.train import rng
+from dvsguard.train.defenses import DEFAULT_BETA, DEFAULT_EPS, DEFAULT_H, DEFENSES, make_defense, unwrap
+from dvsguard.train.distributed import Context, EpochSampler
+from dvsguard.train.losses import SR_FORMS
+
+log = logging.getLogger(__name__)
+
+LAST, BEST, METRICS, CONFIG = "last.pt", "best.pt", "metrics.jsonl", "config.json"
+TRAINER_FORMAT = "dvsguard-trainer/1"
+DEFAULT_WEIGHT_DECAY = 5e-4
+
+# settings that may change between a run and its resumption (they do not change the result)
+_RESUMABLE_CHANGES = ("cache",)
+
+
+def parse_eps(value: str | float) -> float:
+    """ε from a number or a fraction string such as ``"2/255"`` (frame units)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    try:
+        return float(Fraction(str(value).strip()))
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"eps: expected a number or a fraction like '2/255', got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run's result.
+
+    Attributes:
+        cache: the train-split frame cache (the test split is its sibling).
+        defense: one of ``vanilla``, ``sr``, ``fgsm-at``, ``pgd-at``, ``sr-star``, ``rat``.
+        preset: model preset of :meth:`VGGConfig.preset` (``vgg11`` is the paper's).
+        epochs, batch, lr, momentum: SGD with a cosine schedule over ``epochs``.
+        weight_decay: ``None`` → 5e-4 (0 for ``rat``, whose retraction replaces it).
+        lam, sr_form, h: SR weight (``None`` → 0.002), form (``sq``/``abs``) and step.
+        eps: adversarial-training ε and robust-check ε, frame units.
+        attack: ``fgsm``/``pgd`` for ``sr-star``; pgd_steps, pgd_alpha for PGD (α default 2.5ε/k).
+        beta: RAT's Parseval retraction strength.
+        seed: seeds model init, data order, augmentation and PGD starts.
+        augment: random crop + flip from the data stage.
+        limit_train, limit_test: use a fixed seeded subset of that many samples.
+        robust_limit: test samples of the per-epoch FGSM check (0 disables it).
+        amp: bf16 autocast for convolutions/linear layers (membrane state stays float32).
+    """
+
+    cache: str
+    defense: str = "vanilla"
+    preset: str = "small"
+    epochs: int = 200
+    batch: int = 24
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float | None = None
+    lam: float | None = None
+    sr_form: str = "sq"
+    h: float = DEFAULT_H
+    eps: float = DEFAULT_EPS
+    attack: str = "fgsm"
+    pgd_steps: int = 5
+    pgd_alpha: float | None = None
+    beta: float = DEFAULT_BETA
+    seed: int = 0
+    augment: bool = True
+    limit_train: int | None = None
+    limit_test: int | None = None
+    robust_limit: int = 256
+    amp: bool = False
+
+    def __post_init__(self) -> None:
+        if self.defense not in DEFENSES:
+            raise ConfigError(f"defense {self.defense!r} is unknown; expected one of {', '.join(DEFENSES)}")
+        positive = {"epochs": self.epochs, "batch": self.batch, "pgd_steps": self.pgd_steps}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not self.eps > 0:
+            raise ConfigError(f"eps must be > 0 (frame units), got {self.eps}")
+        if self.sr_form not in SR_FORMS:
+            raise ConfigError(f"sr_form {self.sr_form!r} is unknown; expected one of {', '.join(SR_FORMS)}")
+        if self.attack not in ("fgsm", "pgd"):
+            raise ConfigError(f"attack {self.attack!r} is unknown; expected 'fgsm' or 'pgd'")
+        for name in ("limit_train", "limit_test"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        if self.robust_limit < 0:
+            raise ConfigError(f"robust_limit must be >= 0, got {self.robust_limit}")
+
+    @property
+    def resolved_weight_decay(self) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 0.0 if self.defense == "rat" else DEFAULT_WEIGHT_DECAY
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"train config: unknown setting(s) {', '.join(unknown)}")
+        return cls(**d)
+
+
+@dataclass
+class EpochStats:
+    """Sums over an epoch's training batches of one process."""
+
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    seen: float = 0.0
+    steps: int = 0
+
+
+# ------------------------------------------------------------------------------ small utilities
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _append_line(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
+    return (seed * 1_000_003 + epoch * 7_919 + salt) % (2**62)
+
+
+def _build_model(cfg: TrainConfig, info: CacheInfo) -> SpikingVGG:
+    if info.height != info.width:
+        raise ConfigError(f"{info.path}: frames are {info.height}×{info.width}; the model needs square frames")
+    vgg = VGGConfig.preset(cfg.preset, num_classes=len(info.classes), input_size=info.height, in_channels=2)
+    return SpikingVGG(vgg, autocast_bf16=cfg.amp)
+
+
+def _data_entry(info: CacheInfo) -> dict[str, Any]:
+    return {
+        "framing": dict(info.framing),
+        "classes": list(info.classes),
+        "value_range": [float(v) for v in info.value_range],
+        "cache": str(Path(info.path).resolve()),
+    }
+
+
+def _check_finite_weights(model: nn.Module, epoch: int) -> None:
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise TrainError(f"epoch {epoch}: weight {name!r} became nan/inf; training stopped")
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+@torch.no_grad()
+def _clean_counts(model: nn.Module, loader: Any, device: torch.device) -> tuple[float, float]:
+    correct = total = 0.0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        correct += float((model(x).argmax(1) == y).sum())
+        total += y.numel()
+    return correct, total
+
+
+def _robust_counts(model: nn.Module, loader: Any, device: torch.device, eps: float,
+                   value_range: tuple[float, float]) -> tuple[float, float]:
+    correct = total = 0.0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        x_adv = fgsm(model, x, y, eps, value_range)
+        with torch.no_grad():
+            correct += float((model(x_adv).argmax(1) == y).sum())
+        total += y.numel()
+    return correct, total
+
+
+def evaluate(model: nn.Module, cfg: TrainConfig, test_path: Path, test_n: int, value_range: tuple[float, float],
+             ctx: Context, workers: int = 0) -> dict[str, float]:
+    """Clean accuracy on the (limited) test split and FGSM accuracy on its first ``robust_limit`` samples.
+
+    Each rank evaluates a disjoint share; the counts are summed over ranks.
+    """
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    try:
+        sampler = EpochSampler(test_n, seed=cfg.seed, shuffle=False, limit=cfg.limit_test,
+                               rank=ctx.rank, world=ctx.world, pad=False)
+        loader = make_loader(test_path, cfg.batch, shuffle=False, augment=False, num_workers=workers, sampler=sampler)
+        correct, total = _clean_counts(net, loader, ctx.device)
+        r_correct = r_total = 0.0
+        if cfg.robust_limit > 0:
+            rsampler = EpochSampler(test_n, seed=cfg.seed, shuffle=False, limit=min(cfg.robust_limit, test_n),
+                                    rank=ctx.rank, world=ctx.world, pad=False)
+            rloader = make_loader(test_path, cfg.batch, shuffle=False, augment=False, num_workers=workers,
+                                  sampler=rsampler)
+            r_correct, r_total = _robust_counts(net, rloader, ctx.device, cfg.eps, value_range)
+        correct, total, r_correct, r_total = dist_utils.all_sum([correct, total, r_correct, r_total], ctx)
+    finally:
+        net.train(was_training)
+    out = {"test_acc": correct / max(total, 1.0), "test_n": int(total)}
+    if cfg.robust_limit > 0:
+        out.update(robust_acc=r_correct / max(r_total, 1.0), robust_n=int(r_total))
+    return out
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+class Trainer:
+    """One training run in ``out_dir`` (use :func:`train`)."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: str | os.PathLike, *, workers: int = 0, device: str = "auto",
+                 ctx: Context | None = None) -> None:
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.workers = workers
+        self.ctx = ctx or dist_utils.setup(device)
+        self.info = open_cache(cfg.cache)
+        self.test_path = split_path(self.info, "test")
+        self.test_info = open_cache(self.test_path)
+        if self.test_info.classes != self.info.classes or self.test_info.n_frames != self.info.n_frames:
+            raise ConfigError(f"{self.test_path}: test split does not match {self.info.path} (classes or frames differ)")
+        if self.ctx.device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        rng.seed_everything(cfg.seed)  # the same model initialisation on every rank
+        self.model = _build_model(cfg, self.info).to(self.ctx.device)
+        rng.seed_everything(_epoch_seed(cfg.seed, -1, 1 + self.ctx.rank))
+        self.generators = {"attack": torch.Generator().manual_seed(_epoch_seed(cfg.seed, -1, 101 + self.ctx.rank))}
+        self.defense = make_defense(
+            cfg.defense, eps=cfg.eps, lam=cfg.lam, sr_form=cfg.sr_form, h=cfg.h, attack=cfg.attack,
+            pgd_steps=cfg.pgd_steps, pgd_alpha=cfg.pgd_alpha, beta=cfg.beta,
+            value_range=tuple(self.info.value_range), generator=self.generators["attack"],
+        )
+        wd = cfg.resolved_weight_decay
+        if wd and not self.defense.weight_decay_allowed:
+            raise ConfigError(f"defense {cfg.defense!r} trains without weight decay; got weight_decay={wd}")
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=wd)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
+        self.history: list[dict[str, Any]] = []
+        self.best_acc = -1.0
+        self.best_epoch = 0
+        self.start_epoch = 0
+        self.resumed_from: int | None = None
+        self.wrapped: nn.Module = self.model
+        if self.ctx.distributed:
+            ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            self.wrapped = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    # --- checkpoints ---
+
+    def _payload(self, epoch: int, metrics: dict[str, Any], rng_states: list[dict[str, Any]] | None) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "model": model_payload(self.model),
+            "data": _data_entry(self.info),
+            "train": {**self.cfg.to_dict(), "weight_decay": self.cfg.resolved_weight_decay},
+            "epoch": epoch,
+            "metrics": dict(metrics),
+        }
+        if rng_states is not None:
+            payload["trainer"] = {
+                "format": TRAINER_FORMAT,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": rng_states,
+                "world": self.ctx.world,
+                "history": list(self.history),
+                "best_acc": self.best_acc,
+                "best_epoch": self.best_epoch,
+            }
+        return payload
+
+    def _gather_rng(self) -> list[dict[str, Any]]:
+        state = rng.capture(self.generators)
+        if not self.ctx.distributed:
+            return [state]
+        import torch.distributed as dist
+
+        states: list[Any] = [None] * self.ctx.world
+        dist.all_gather_object(states, state)
+        return states
+
+    def _check_resumable(self, payload: dict[str, Any], path: Path) -> None:
+        saved = payload.get("train", {})
+        mine = {**self.cfg.to_dict(), "weight_decay": self.cfg.resolved_weight_decay}
+        for key, value in mine.items():
+            if key in _RESUMABLE_CHANGES:
+                continue
+            if key not in saved or saved[key] != value:
+                raise ConfigError(
+                    f"{path}: cannot resume with {key}={value!r}; the run was started with {key}={saved.get(key)!r}"
+                )
+        trainer = payload.get("trainer")
+        if not isinstance(trainer, dict) or trainer.get("format") != TRAINER_FORMAT:
+            raise CheckpointError(f"{path}: holds no trainer state to resume from")
+        if trainer.get("world") != self.ctx.world:
+            raise ConfigError(
+                f"{path}: the run used {trainer.get('world')} process(es); resume it with the same number, not {self.ctx.world}"
+            )
+
+    def resume(self) -> bool:
+        """Load ``last.pt`` if it exists; returns whether a run was resumed."""
+        path = self.out / LAST
+        if not path.exists():
+            log.info("no %s to resume from: starting a new run", path)
+            return False
+        payload = load_checkpoint(path, map_location="cpu")
+        self._check_resumable(payload, path)
+        trainer = payload["trainer"]
+        self.model.load_state_dict(payload["model"]["state_dict"])
+        self.optimizer.load_state_dict(trainer["optimizer"])
+        self.scheduler.load_state_dict(trainer["scheduler"])
+        rng.restore(trainer["rng"][self.ctx.rank], self.generators)
+        self.history = list(trainer["history"])
+        self.best_acc = float(trainer["best_acc"])
+        self.best_epoch = int(trainer["best_epoch"])
+        self.start_epoch = int(payload["epoch"])
+        self.resumed_from = self.start_epoch
+        if self.ctx.is_main:  # the metrics file says what the checkpoint says, nothing after it
+            _write_atomic(self.out / METRICS, "".join(json.dumps(m) + "\n" for m in self.history))
+        log.info("resuming %s after epoch %d of %d", self.out, self.start_epoch, self.cfg.epochs)
+        return True
+
+    def _start_fresh(self) -> None:
+        if not self.ctx.is_main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        if (self.out / LAST).exists():
+            log.warning("%s holds an earlier run; starting over (pass --resume to continue it)", self.out)
+            for name in (LAST, BEST):
+                (self.out / name).unlink(missing_ok=True)
+        _write_atomic(self.out / METRICS, "")
+
+    # --- the loop ---
+
+    def _train_epoch(self, epoch: int) -> EpochStats:
+        cfg, ctx = self.cfg, self.ctx
+        sampler = EpochSampler(self.info.n_samples, seed=cfg.seed, shuffle=True, limit=cfg.limit_train,
+                               rank=ctx.rank, world=ctx.world)
+        sampler.set_epoch(epoch)
+        loader = make_loader(cfg.cache, cfg.batch, shuffle=False, augment=cfg.augment,
+                             seed=_epoch_seed(cfg.seed, epoch, 1 + ctx.rank), num_workers=self.workers, sampler=sampler)
+        self.wrapped.train()
+        stats = EpochStats()
+        use_cuda_amp = cfg.amp and ctx.device.type == "cuda"
+        n_batches = math.ceil(len(sampler) / cfg.batch)
+        for step, (x, y) in enumerate(track(loader, f"epoch {epoch + 1}/{cfg.epochs}", total=n_batches), start=1):
+            x = x.to(ctx.device, non_blocking=True)
+            y = y.to(ctx.device, non_blocking=True)
+            amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda_amp else nullcontext()
+            with amp:
+                loss, logits = self.defense.loss(self.wrapped, x, y)
+            bad = not bool(torch.isfinite(loss.detach()))
+            if dist_utils.any_rank(bad, ctx):
+                value = float(loss.detach()) if bad else "nan/inf on another rank"
+                kept = f"the last good checkpoint {self.out / LAST} is kept" if (self.out / LAST).exists() else "no checkpoint was written yet"
+                raise TrainError(f"epoch {epoch + 1} step {step}: loss is {value} (defense {cfg.defense}); training stopped, {kept}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.defense.after_step(self.model)
+            stats.loss_sum += float(loss.detach()) * y.numel()
+            stats.correct += float((logits.detach().argmax(1) == y).sum())
+            stats.seen += y.numel()
+            stats.steps += 1
+        return stats
+
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        cfg, ctx = self.cfg, self.ctx
+        started = time.perf_counter()
+        if not (resume and self.resume()):
+            self._start_fresh()
+        if ctx.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            _write_atomic(self.out / CONFIG, json.dumps(
+                {"train": {**cfg.to_dict(), "weight_decay": cfg.resolved_weight_decay},
+                 "data": _data_entry(self.info), "model": self.model.cfg.to_dict(),
+                 "world": ctx.world, "device": str(ctx.device), "workers": self.workers}, indent=2) + "\n")
+        dist_utils.barrier(ctx)
+        if self.start_epoch >= cfg.epochs:
+            log.info("%s: all %d epochs are done already", self.out, cfg.epochs)
+        for epoch in range(self.start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]
+            stats = self._train_epoch(epoch)
+            self.scheduler.step()
+            _check_finite_weights(self.model, epoch + 1)
+            loss_sum, correct, seen = dist_utils.all_sum([stats.loss_sum, stats.correct, stats.seen], ctx)
+            train_seconds = time.perf_counter() - t0
+            metrics: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "lr": lr,
+                "train_loss": loss_sum / max(seen, 1.0),
+                "train_acc": correct / max(seen, 1.0),
+                "train_n": int(seen),
+            }
+            metrics.update(evaluate(self.wrapped, cfg, self.test_path, self.test_info.n_samples,
+                                    tuple(self.info.value_range), ctx, self.workers))
+            metrics.update(train_seconds=round(train_seconds, 3), seconds=round(time.perf_counter() - t0, 3))
+            improved = metrics["test_acc"] > self.best_acc
+            if improved:
+                self.best_acc, self.best_epoch = metrics["test_acc"], epoch + 1
+            metrics["best_test_acc"] = self.best_acc
+            self.history.append(metrics)
+            rng_states = self._gather_rng()
+            if ctx.is_main:
+                save_checkpoint(self.out / LAST, self._payload(epoch + 1, metrics, rng_states))
+                if improved:
+                    save_checkpoint(self.out / BEST, self._payload(epoch + 1, metrics, None))
+                _append_line(self.out / METRICS, metrics)
+                robust = f" fgsm {metrics['robust_acc']:.3f}" if "robust_acc" in metrics else ""
+                log.info("epoch %d/%d loss %.4f acc %.3f test %.3f%s lr %.4g (%.1fs)", epoch + 1, cfg.epochs,
+                         metrics["train_loss"], metrics["train_acc"], metrics["test_acc"], robust, lr, metrics["seconds"])
+            dist_utils.barrier(ctx)
+        final = self.history[-1] if self.history else {}
+        return {
+            "out_dir": str(self.out),
+            "last": str(self.out / LAST),
+            "best": str(self.out / BEST),
+            "metrics": str(self.out / METRICS),
+            "config": str(self.out / CONFIG),
+            "defense": cfg.defense,
+            "epochs": len(self.history),
+            "resumed_from": self.resumed_from,
+            "best_test_acc": self.best_acc,
+            "best_epoch": self.best_epoch,
+            "final": final,
+            "world": ctx.world,
+            "rank": ctx.rank,
+            "device": str(ctx.device),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+
+
+def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False, workers: int = 0,
+          device: str = "auto") -> dict[str, Any]:
+    """Train a SpikingVGG on ``cfg.cache`` with ``cfg.defense``; write checkpoints and metrics to ``out_dir``.
+
+    Joins a ``torchrun`` process group when launched by one (DDP; rank 0 logs and writes).
+    Returns a summary (paths written, epochs run, best and final accuracies). Raises
+    TrainError on a nan/inf loss (the last good checkpoint stays), ConfigError on bad
+    settings, CacheError/CheckpointError on bad files.
+    """
+    ctx = dist_utils.setup(device)
+    try:
+        return Trainer(cfg, out_dir, workers=workers, ctx=ctx).run(resume=resume)
+    finally:
+        dist_utils.teardown(ctx)
