@@ -87,10 +87,20 @@ def _column(header: list[str], choices: tuple[str, ...]) -> str | None:
     return next((lowered[c] for c in choices if c in lowered), None)
 
 
+def _int_or_none(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
 def read_labels(labels_file: Path, root: Path) -> tuple[list[Item], list[str]]:
-    """Items and classes from a CSV with a header: a path column (``path``/``file``/``filename``,
-    relative to ``root``) and a class name column (``class``/``class_name``/``name``) and/or an
-    integer ``label`` column. Classes are ordered by integer label when there is one, else by name.
+    """Items and classes from a CSV with a header row.
+
+    Columns: a path (``path``/``file``/``filename``/``recording``, relative to ``root``) and
+    the class, as a name (``class``/``class_name``/``name``, or a ``label`` column of names)
+    and/or an integer index 0..K-1 (``label``/``target``/``class_index``). Classes are
+    ordered by integer index when there is one, else by name (natural order).
     """
     try:
         with open(labels_file, newline="") as fh:
@@ -106,37 +116,33 @@ def read_labels(labels_file: Path, root: Path) -> tuple[list[Item], list[str]]:
     if path_col is None or (name_col is None and label_col is None):
         raise ConfigError(
             f"{labels_file}: needs a header with a path column ({'/'.join(_PATH_COLUMNS)}) and a class column "
-            f"({'/'.join(_NAME_COLUMNS + _LABEL_COLUMNS)}); has {', '.join(header)}"
+            f"({'/'.join(_NAME_COLUMNS + _LABEL_COLUMNS)}); has {', '.join(str(h) for h in header)}"
         )
-    entries: list[tuple[Path, str, int | None]] = []
-    for line, row in enumerate(rows, start=2):
-        rel = (row.get(path_col) or "").strip()
-        if not rel:
-            raise ConfigError(f"{labels_file}:{line}: empty path")
-        label: int | None = None
-        if label_col is not None:
-            try:
-                label = int(str(row.get(label_col)).strip())
-            except ValueError:
-                raise ConfigError(f"{labels_file}:{line}: label {row.get(label_col)!r} is not an integer") from None
-        name = str(row.get(name_col)).strip() if name_col is not None else str(label)
-        path = Path(rel) if Path(rel).is_absolute() else root / rel
-        entries.append((path, name, label))
-    if label_col is not None:
-        by_label: dict[int, str] = {}
-        for path, name, label in entries:
-            assert label is not None
-            if by_label.setdefault(label, name) != name:
-                raise ConfigError(f"{labels_file}: label {label} is both {by_label[label]!r} and {name!r}")
-        if sorted(by_label) != list(range(len(by_label))):
-            raise ConfigError(f"{labels_file}: labels must be 0..K-1, found {sorted(by_label)}")
-        classes = [by_label[i] for i in range(len(by_label))]
-        items = [(p, int(lab)) for p, _, lab in entries]  # type: ignore[arg-type]
-    else:
-        classes = sorted({name for _, name, _ in entries}, key=_natural)
-        index = {c: i for i, c in enumerate(classes)}
-        items = [(p, index[name]) for p, name, _ in entries]
-    return items, classes
+    raw = [
+        ((row.get(path_col) or "").strip(),
+         (row.get(name_col) or "").strip() if name_col else "",
+         (row.get(label_col) or "").strip() if label_col else "")
+        for row in rows
+    ]
+    for line, (rel, name, label) in enumerate(raw, start=2):
+        if not rel or not (name or label):
+            raise ConfigError(f"{labels_file}:{line}: empty path or class")
+    indices = [_int_or_none(label) for _, _, label in raw]
+    paths = [Path(rel) if Path(rel).is_absolute() else root / rel for rel, _, _ in raw]
+    if label_col is not None and all(i is not None for i in indices):
+        by_index: dict[int, str] = {}
+        for (_, name, label), i in zip(raw, indices):
+            assert i is not None
+            if by_index.setdefault(i, name or label) != (name or label):
+                raise ConfigError(f"{labels_file}: class index {i} is both {by_index[i]!r} and {name!r}")
+        if sorted(by_index) != list(range(len(by_index))):
+            raise ConfigError(f"{labels_file}: integer labels must be 0..K-1, found {sorted(by_index)}")
+        classes = [by_index[i] for i in range(len(by_index))]
+        return [(p, int(i)) for p, i in zip(paths, indices)], classes  # type: ignore[arg-type]
+    names = [name or label for _, name, label in raw]
+    classes = sorted(set(names), key=_natural)
+    index = {c: i for i, c in enumerate(classes)}
+    return [(p, index[n]) for p, n in zip(paths, names)], classes
 
 
 def list_folder(root: Path, labels_file: Path | None = None, exclude: Path | None = None) -> tuple[list[Item], list[str]]:
