@@ -84,6 +84,54 @@ def version(as_json: bool = JsonOpt) -> None:
 
 
 @app.command()
+def train(
+    cache: Path = typer.Option(..., "--cache", help="Train-split frame cache (.h5); the test split is found beside it."),
+    defense: str = typer.Option(..., "--defense", help="vanilla, sr, fgsm-at, pgd-at, sr-star or rat."),
+    out: Path = typer.Option(..., "--out", help="Run folder: last.pt, best.pt, metrics.jsonl, config.json."),
+    preset: str = typer.Option("small", "--preset", help="Model preset: vgg11 (paper), vgg11-loihi, small, tiny."),
+    epochs: int = typer.Option(200, "--epochs", min=1, help="Epochs (the cosine schedule spans them)."),
+    batch: int = typer.Option(24, "--batch", min=1, help="Batch size (per process under torchrun)."),
+    lr: float = typer.Option(0.1, "--lr", help="Initial SGD learning rate."),
+    lam: float = typer.Option(None, "--lam", help="SR weight λ (default 0.002)."),
+    sr_form: str = typer.Option("sq", "--sr-form", help="SR term: sq = mean squared difference quotient (released code), abs = Eq. 14."),
+    eps: str = typer.Option("2/255", "--eps", help="Adversarial-training and robust-check ε in frame units, e.g. 2/255."),
+    attack: str = typer.Option("fgsm", "--attack", help="sr-star's adversary: fgsm or pgd."),
+    pgd_steps: int = typer.Option(5, "--pgd-steps", min=1, help="PGD steps k (pgd-at, sr-star with --attack pgd)."),
+    pgd_alpha: str = typer.Option(None, "--pgd-alpha", help="PGD step α in frame units (default 2.5·ε/k)."),
+    weight_decay: float = typer.Option(None, "--weight-decay", help="Default 5e-4 (0 for rat)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of initialisation, data order, augmentation and PGD starts."),
+    no_augment: bool = typer.Option(False, "--no-augment", help="Train without random crop and flip."),
+    limit_train: int = typer.Option(None, "--limit-train", min=1, help="Train on a fixed seeded subset of N samples."),
+    limit_test: int = typer.Option(None, "--limit-test", min=1, help="Evaluate on a fixed seeded subset of N test samples."),
+    robust_limit: int = typer.Option(256, "--robust-limit", min=0, help="Test samples of the per-epoch FGSM check (0: off)."),
+    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
+    device: str = typer.Option("auto", "--device", help="auto (GPU if present), cpu, cuda or cuda:N."),
+    amp: bool = typer.Option(False, "--amp", help="bf16 autocast for convolutions and linear layers."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Train a spiking VGG with a defense; checkpoints every epoch, resumable, DDP under torchrun."""
+    from dvsguard.train.trainer import TrainConfig, parse_eps
+    from dvsguard.train.trainer import train as run_train
+
+    cfg = TrainConfig(
+        cache=str(cache), defense=defense, preset=preset, epochs=epochs, batch=batch, lr=lr,
+        weight_decay=weight_decay, lam=lam, sr_form=sr_form, eps=parse_eps(eps), attack=attack,
+        pgd_steps=pgd_steps, pgd_alpha=parse_eps(pgd_alpha) if pgd_alpha is not None else None, seed=seed,
+        augment=not no_augment, limit_train=limit_train, limit_test=limit_test, robust_limit=robust_limit, amp=amp,
+    )
+    result = run_train(cfg, out, resume=resume, workers=workers, device=device)
+    if result["rank"] != 0:  # under torchrun only rank 0 reports
+        return
+    _emit(
+        result,
+        as_json,
+        lambda r: f"trained {r['defense']} for {r['epochs']} epoch(s): best clean test acc {r['best_test_acc']:.4f} "
+        f"(epoch {r['best_epoch']})\nlast: {r['last']}\nbest: {r['best']}",
+    )
+
+
+@app.command()
 def run(
     pipeline: Path = typer.Argument(..., help="Pipeline file (TOML), e.g. pipelines/quickstart.toml."),
     from_stage: str = typer.Option(None, "--from", help="Rerun from this stage (or group: data, train, attack, ...) on."),
