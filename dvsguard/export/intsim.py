@@ -1,0 +1,542 @@
+"""Bit-exact integer simulator of a netx file (numpy only), and the float-vs-integer comparison.
+
+It reads a ``.net`` file the way lava-dl 0.6.0 netx does and applies the fixed-point
+semantics of Lava's ``fixed_pt`` models (lava-nc 0.10.0):
+
+* dense synapses (``PyDenseModelBitAcc``): netx's ``optimize_weight_bits`` rescales the
+  stored weights (shift by ``scale_bits``, ``weight_exp = −scale_bits``), the model clips
+  them to 8 bits for the sign mode it determines, drops the truncated LSBs, and shifts the
+  accumulated input back by ``weight_exp`` (arithmetic shift) — all reproduced by
+  :func:`dense_effective`;
+* conv synapses (``PyConvModelFixed``): the stored kernel as is, output wrapped to signed
+  24 bits;
+* CUBA neurons (``PyLifResetModelBitAcc``): u ← sign(u)·(|u·(4096−iDecay)| ≫ 12) + (a ≪ 6),
+  wrapped to 24 bits; v ← sign(v)·(|v·(4096−vDecay)| ≫ 12) + u + (bias ≪ 6), clipped to
+  ±(2²³−1); a spike when v > vThMant ≪ 6, then v ← 0;
+* graded input events enter the first synapse as integers (binary when the file's
+  ``input_bits`` is 0).
+
+Timing in Lava: every synapse sends what it computed in the previous step, so layer k
+(1-based) integrates frame j of sample s at step s·T + 1 + k + j (the source sends frame j
+at step s·T + j + 1). ``Network(reset_interval=T, reset_offset=1)`` resets layer k at the
+steps ≡ 1 + k (mod T), i.e. exactly when frame 0 of a sample reaches it, so each layer
+integrates the T frames of one sample from a zero state and nothing leaks between
+samples, with no idle steps. :func:`simulate` therefore runs every sample on its own,
+layer after layer over its T frames (fast, vectorised over samples); :func:`stream`
+replays the literal step-by-step Lava timeline with its one-step delay per layer (used to
+check that equivalence against Lava's own recordings). The read-out layer's voltage after
+step (s+1)·T + L (L layers) is the output of sample s.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from dvsguard.errors import ExportError
+
+log = logging.getLogger(__name__)
+
+STATE_MAX = 2**23  # Lava's max_uv_val for 24-bit u, v
+ACT_SHIFT = 6
+DECAY_SHIFT = 12
+DECAY_UNITY = 4096
+
+
+@dataclass
+class SimLayer:
+    """One netx block as Lava runs it.
+
+    Attributes:
+        kind: ``conv`` or ``dense``.
+        weight: effective integer weights (dense: after netx/Lava's rescale, clip, truncate).
+        weight_exp: dense only: accumulated input is shifted by this (≤ 0: right shift).
+        bias: ``[out]`` bias mantissa (int64).
+        vth, i_decay, v_decay: neuron parameters (vThMant, iDecay, vDecay).
+        in_shape, out_shape: ``(C, H, W)`` or ``(N,)``.
+        stride, padding: conv (y, x).
+        flatten: the input is a (C, H, W) map flattened in C, H, W order.
+        graded: the input is graded (integers) rather than binary spikes.
+    """
+
+    kind: str
+    weight: np.ndarray
+    bias: np.ndarray
+    vth: int
+    i_decay: int
+    v_decay: int
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    weight_exp: int = 0
+    flatten: bool = False
+    graded: bool = False
+
+
+@dataclass
+class SimNet:
+    """A netx file as the simulator runs it, with the file's root attributes."""
+
+    path: Path
+    input_shape: tuple[int, ...]
+    layers: list[SimLayer]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def time_steps(self) -> int | None:
+        t = self.attrs.get("time_steps")
+        return None if t is None else int(t)
+
+    @property
+    def output_scale(self) -> float | None:
+        s = self.attrs.get("output_scale")
+        return None if s is None else float(s)
+
+
+@dataclass
+class SimResult:
+    """Output of :func:`simulate` for N samples.
+
+    Attributes:
+        v_out: int64 ``[N, n_out]``: read-out voltage after each sample's T frames.
+        spikes: per layer bool ``[N, T, *out_shape]`` (when recorded), frame-aligned.
+        events: counts of saturation events: ``current_wrap`` (u wrapped at 24 bits),
+            ``voltage_clip`` (v clipped), ``int32_overflow`` (a ≪ 6 beyond int32, where
+            Lava's own arithmetic would overflow), ``conv_wrap`` (conv output wrapped),
+            ``readout_spikes`` (the read-out neuron fired, losing its voltage).
+    """
+
+    v_out: np.ndarray
+    spikes: list[np.ndarray] | None
+    events: dict[str, int]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _str(ds: h5py.Dataset) -> str:
+    value = ds[0] if len(ds.shape) > 0 else ds[()]
+    return value.decode("ascii") if isinstance(value, bytes | np.bytes_) else str(value)
+
+
+def _pair_yx(v: Any) -> tuple[int, int]:
+    a = np.asarray(v).reshape(-1)
+    return (int(a[0]), int(a[0])) if a.size == 1 else (int(a[0]), int(a[1]))
+
+
+def dense_effective(weight: np.ndarray) -> tuple[np.ndarray, int]:
+    """(weights as Lava's fixed-point Dense uses them, weight_exp) for stored dense weights.
+
+    Reproduces lava-dl's ``netx.utils.optimize_weight_bits`` followed by lava-nc's
+    ``clip_weights(…, 8)`` and ``truncate_weights`` in ``PyDenseModelBitAcc``.
+    """
+    w = np.asarray(weight).astype(np.int64)
+    max_w, min_w = int(w.max()), int(w.min())
+    if max_w > 254 and min_w < 0:
+        w = np.clip(w, -256, 254)
+        max_w = int(w.max())
+    if min_w < -256 and max_w > 0:
+        w = np.clip(w, -256, 254)
+        min_w = int(w.min())
+    if max_w < 0:
+        is_signed, scale = 0, -256 / min_w
+    elif min_w >= 0:
+        if max_w == 0:
+            raise ExportError("dense layer with all-zero weights: netx cannot load it")
+        is_signed, scale = 0, 255 / max_w
+    else:
+        is_signed = 1
+        scale = min(127 / max_w if max_w > 0 else math.inf, -128 / min_w)
+    scale_bits = int(np.floor(np.log2(scale))) + is_signed
+    if scale_bits < 0:
+        raise ExportError(f"dense weights in [{min_w}, {max_w}] are outside the 8-bit range netx can map")
+    n = 8
+    while n > 0 and np.sum(np.abs(w / 2**n - np.round(w / 2**n))) != 0:
+        n -= 1
+    n -= is_signed
+    num_weight_bits = 8 - scale_bits - n
+    weight_exp = -scale_bits
+    w = (w.astype(np.int32) << scale_bits).astype(np.int64)
+    # lava-nc's PyDenseModelBitAcc: determine_sign_mode → clip_weights → truncate_weights
+    if w.min() >= 0:
+        mode = "exc"
+    elif w.max() <= 0:
+        mode = "inh"
+    else:
+        mode = "mixed"
+    mixed = int(mode == "mixed")
+    if mode == "inh":
+        w = -w
+    w = np.clip(w, -(2**8) * mixed, 2**8 - 1)
+    trunc = 8 - num_weight_bits + mixed
+    w = (w >> trunc) << trunc
+    if mode == "inh":
+        w = -w
+    return w, weight_exp
+
+
+def load_netx(path: str | os.PathLike[str], input_bits: int | None = None) -> SimNet:
+    """Read a netx HDF5 file into a :class:`SimNet`.
+
+    input_bits: message bits of the input events (default: the file's ``input_bits``
+    attribute, else 0 = binary). Raises ExportError on layer types or options that netx
+    or this simulator does not run (pool, average, recurrent, delays, input neurons…).
+    """
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise ExportError(f"{path}: not a readable netx file ({e})") from e
+    with f:
+        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+        if "layer" not in f:
+            raise ExportError(f"{path}: no 'layer' group (not a netx file)")
+        groups = f["layer"]
+        bits = int(attrs.get("input_bits", 0) if input_bits is None else input_bits)
+        layers: list[SimLayer] = []
+        input_shape: tuple[int, ...] | None = None
+        shape: tuple[int, ...] | None = None
+        flatten = False
+        for i in range(len(groups)):
+            if str(i) not in groups:
+                raise ExportError(f"{path}: layer group '{i}' is missing")
+            g = groups[str(i)]
+            kind = _str(g["type"])
+            where = f"{path}: layer {i} ({kind})"
+            if kind == "input":
+                if "neuron" in g:
+                    raise ExportError(f"{where}: input neurons are not supported by the simulator")
+                input_shape = tuple(int(v) for v in np.asarray(g["shape"][()]).reshape(-1))
+                shape = input_shape
+                continue
+            if kind == "flatten":
+                flatten = True
+                continue
+            if kind not in ("conv", "dense"):
+                raise ExportError(f"{where}: layer type {kind!r} is not supported")
+            if shape is None:
+                raise ExportError(f"{where}: no input layer before it")
+            if "delay" in g:
+                raise ExportError(f"{where}: synaptic delays are not supported")
+            neuron = g["neuron"]
+            ntype = _str(neuron["type"])
+            if ntype not in ("CUBA", "LOIHI"):
+                raise ExportError(f"{where}: neuron type {ntype!r} is not supported")
+            if "messageBits" in neuron and int(neuron["messageBits"][()]) > 0:
+                raise ExportError(f"{where}: graded output spikes are not supported")
+            out_shape = tuple(int(v) for v in np.asarray(g["shape"][()]).reshape(-1))
+            weight = g["weight"][()].astype(int)
+            bias = g["bias"][()].astype(int) if "bias" in g else np.zeros(out_shape[0], dtype=int)
+            common = dict(
+                bias=bias.astype(np.int64),
+                vth=int(neuron["vThMant"][()]),
+                i_decay=int(neuron["iDecay"][()]),
+                v_decay=int(neuron["vDecay"][()]),
+                out_shape=out_shape,
+                graded=(len(layers) == 0 and bits > 0),
+            )
+            if kind == "conv":
+                if len(shape) != 3:
+                    raise ExportError(f"{where}: conv after a flat layer")
+                if "dilation" in g and _pair_yx(g["dilation"][()]) != (1, 1):
+                    raise ExportError(f"{where}: dilation is not supported")
+                if "groups" in g and int(np.asarray(g["groups"][()]).reshape(-1)[0]) != 1:
+                    raise ExportError(f"{where}: groups are not supported")
+                weight = weight.reshape(weight.shape[:4])
+                layer = SimLayer(
+                    kind="conv",
+                    weight=weight.astype(np.int64),
+                    in_shape=shape,
+                    stride=_pair_yx(g["stride"][()]),
+                    padding=_pair_yx(g["padding"][()]),
+                    **common,
+                )
+                c, h, w = shape
+                kh, kw = weight.shape[2:]
+                expect = (
+                    weight.shape[0],
+                    (h + 2 * layer.padding[0] - kh) // layer.stride[0] + 1,
+                    (w + 2 * layer.padding[1] - kw) // layer.stride[1] + 1,
+                )
+                if weight.shape[1] != c or expect != out_shape:
+                    raise ExportError(f"{where}: shape {out_shape} does not follow from input {shape} and kernel {weight.shape}")
+            else:
+                n_in = int(np.prod(shape))
+                if weight.ndim == 1:
+                    weight = weight.reshape(int(np.prod(out_shape)), -1)
+                if weight.shape != (int(np.prod(out_shape)), n_in):
+                    raise ExportError(f"{where}: weight {weight.shape} does not match input {shape} → {out_shape}")
+                eff, exp = dense_effective(weight)
+                layer = SimLayer(
+                    kind="dense",
+                    weight=eff,
+                    weight_exp=exp,
+                    in_shape=(n_in,),
+                    flatten=flatten or len(shape) > 1,
+                    **common,
+                )
+                flatten = False
+            layers.append(layer)
+            shape = out_shape
+        if input_shape is None:
+            raise ExportError(f"{path}: no input layer")
+        if not layers:
+            raise ExportError(f"{path}: no conv or dense layer")
+    return SimNet(path=path, input_shape=input_shape, layers=layers, attrs=attrs)
+
+
+# --------------------------------------------------------------------------- synapses
+
+
+def _conv(x: np.ndarray, layer: SimLayer, chunk: int = 64) -> np.ndarray:
+    """Cross-correlation of x ``[B, C, H, W]`` (ints) with the layer's kernel → int64 ``[B, O, Ho, Wo]``."""
+    w = layer.weight
+    o, c, kh, kw = w.shape
+    (sy, sx), (py, px) = layer.stride, layer.padding
+    _, ho, wo = layer.out_shape
+    bound = float(np.abs(w).sum(axis=(1, 2, 3)).max(initial=0)) * float(np.abs(x).max(initial=0))
+    dtype = np.float32 if bound < 2**24 else np.float64  # exact integer sums either way
+    wm = w.reshape(o, -1).T.astype(dtype)
+    out = np.empty((x.shape[0], o, ho, wo), dtype=np.int64)
+    for start in range(0, x.shape[0], chunk):
+        xb = x[start : start + chunk].astype(dtype)
+        xp = np.pad(xb, ((0, 0), (0, 0), (py, py), (px, px)))
+        win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
+        win = win[:, :, : sy * (ho - 1) + 1 : sy, : sx * (wo - 1) + 1 : sx]  # [b, C, Ho, Wo, kh, kw]
+        cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(xb.shape[0] * ho * wo, c * kh * kw)
+        res = cols @ wm  # [b·Ho·Wo, O]
+        out[start : start + chunk] = np.rint(res).astype(np.int64).reshape(xb.shape[0], ho, wo, o).transpose(0, 3, 1, 2)
+    return out
+
+
+def _dense(x: np.ndarray, layer: SimLayer) -> np.ndarray:
+    """x ``[B, n_in]`` (ints) → int64 ``[B, n_out]`` including the weight exponent shift."""
+    w = layer.weight
+    bound = float(np.abs(w).sum(axis=1).max(initial=0)) * float(np.abs(x).max(initial=0))
+    dtype = np.float32 if bound < 2**24 else np.float64
+    acc = np.rint(x.astype(dtype) @ w.T.astype(dtype)).astype(np.int64)
+    e = layer.weight_exp
+    return acc << e if e > 0 else acc >> -e
+
+
+def synapse(layer: SimLayer, x: np.ndarray, events: dict[str, int] | None = None) -> np.ndarray:
+    """Synaptic input of ``layer`` for inputs x ``[B, *in_shape]`` (spikes or graded ints)."""
+    if not layer.graded:
+        x = (x != 0).astype(np.int64)
+    if layer.kind == "conv":
+        a = _conv(x, layer)
+        wrapped = (a + (1 << 23)) % (1 << 24) - (1 << 23)  # lava.proc.conv.utils.signed_clamp(…, 24)
+        if events is not None:
+            events["conv_wrap"] = events.get("conv_wrap", 0) + int((wrapped != a).sum())
+        return wrapped
+    return _dense(x.reshape(x.shape[0], -1), layer)
+
+
+# --------------------------------------------------------------------------- neurons
+
+
+def _decay(x: np.ndarray, decay: int) -> np.ndarray:
+    if decay == 0:
+        return x.copy()
+    if decay == DECAY_UNITY:
+        return np.zeros_like(x)
+    d = x * (DECAY_UNITY - decay)
+    return np.sign(d) * (np.abs(d) >> DECAY_SHIFT)
+
+
+def neuron_step(
+    u: np.ndarray, v: np.ndarray, a: np.ndarray, layer: SimLayer, events: dict[str, int] | None = None
+) -> np.ndarray:
+    """One CUBA step in place on int64 u, v given synaptic input a; returns the spikes (bool)."""
+    a6 = a << ACT_SHIFT
+    if events is not None:
+        over = int((np.abs(a6) >= 2**31).sum())
+        if over:
+            events["int32_overflow"] = events.get("int32_overflow", 0) + over
+    cur = _decay(u, layer.i_decay) + a6
+    wrapped = np.where(cur > STATE_MAX, cur - 2 * STATE_MAX, cur)
+    wrapped = np.where(wrapped <= -STATE_MAX, cur + 2 * STATE_MAX, wrapped)
+    if events is not None:
+        events["current_wrap"] = events.get("current_wrap", 0) + int((wrapped != cur).sum())
+    u[...] = wrapped
+    bias = layer.bias.reshape((-1,) + (1,) * (len(layer.out_shape) - 1)) << ACT_SHIFT
+    vnew = _decay(v, layer.v_decay) + u + bias
+    clipped = np.clip(vnew, -STATE_MAX + 1, STATE_MAX - 1)
+    if events is not None:
+        events["voltage_clip"] = events.get("voltage_clip", 0) + int((clipped != vnew).sum())
+    spikes = clipped > (layer.vth << ACT_SHIFT)
+    clipped[spikes] = 0
+    v[...] = clipped
+    return spikes
+
+
+# --------------------------------------------------------------------------- simulation
+
+
+def _check_frames(net: SimNet, frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.ndim != 2 + len(net.input_shape) or tuple(frames.shape[2:]) != tuple(net.input_shape):
+        raise ExportError(
+            f"{net.path.name}: input frames must be [N, T, {', '.join(map(str, net.input_shape))}], got {frames.shape}"
+        )
+    if not np.issubdtype(frames.dtype, np.integer):
+        if not np.all(frames == np.round(frames)):
+            raise ExportError(f"{net.path.name}: input frames must be integer counts")
+        frames = frames.astype(np.int64)
+    return frames.astype(np.int64)
+
+
+def simulate(net: SimNet, frames: np.ndarray, record: bool = False, batch: int = 16) -> SimResult:
+    """Run N samples, each from a zero state over its T frames (module docstring).
+
+    frames: int ``[N, T, *input_shape]`` (counts or spikes). Returns a :class:`SimResult`
+    whose ``v_out`` equals Lava's read-out voltage and whose ``spikes`` (with ``record``)
+    equal Lava's spikes of every layer, frame-aligned.
+    """
+    frames = _check_frames(net, frames)
+    n, t = frames.shape[:2]
+    events: dict[str, int] = {"current_wrap": 0, "voltage_clip": 0, "int32_overflow": 0, "conv_wrap": 0, "readout_spikes": 0}
+    v_out = np.zeros((n, int(np.prod(net.layers[-1].out_shape))), dtype=np.int64)
+    spikes: list[np.ndarray] | None = (
+        [np.zeros((n, t, *layer.out_shape), dtype=bool) for layer in net.layers] if record else None
+    )
+    for start in range(0, n, batch):
+        x = frames[start : start + batch]  # [b, T, ...]
+        b = x.shape[0]
+        for k, layer in enumerate(net.layers):
+            a = synapse(layer, x.reshape(b * t, *x.shape[2:]), events).reshape(b, t, *layer.out_shape)
+            u = np.zeros((b, *layer.out_shape), dtype=np.int64)
+            v = np.zeros_like(u)
+            s = np.zeros((b, t, *layer.out_shape), dtype=bool)
+            for j in range(t):
+                s[:, j] = neuron_step(u, v, a[:, j], layer, events)
+            if spikes is not None:
+                spikes[k][start : start + b] = s
+            x = s
+        events["readout_spikes"] += int(x.sum())
+        v_out[start : start + b] = v.reshape(b, -1)
+    return SimResult(v_out=v_out, spikes=spikes, events=events)
+
+
+def stream(net: SimNet, frames: np.ndarray, time_steps: int, reset_offset: int = 1, extra_steps: int | None = None) -> dict[str, Any]:
+    """The literal Lava timeline for samples fed back to back (slow; for checks on small nets).
+
+    frames: int ``[N, T, *input_shape]``; the source sends frame j of sample s at step
+    s·T + j + 1 and zeros after the last sample. Layer k (1-based) resets at steps
+    ≡ reset_offset + k (mod time_steps), as ``Network(reset_interval=time_steps,
+    reset_offset=reset_offset)`` does. Runs N·T + L (+ extra_steps) steps.
+
+    Returns ``{"spikes": [bool [steps, *out_shape] per layer] (index t−1 = step t, what a
+    sink RingBuffer records), "v_out": int64 [N, n_out] (read-out voltage after step
+    (s+1)·T + L), "steps": int}``.
+    """
+    frames = _check_frames(net, frames)
+    n, t = frames.shape[:2]
+    n_layers = len(net.layers)
+    steps = n * t + n_layers + (extra_steps or 0)
+    seq = frames.reshape(n * t, *frames.shape[2:])
+    zero_in = np.zeros(frames.shape[2:], dtype=np.int64)
+    a_buf = [np.zeros(layer.out_shape, dtype=np.int64) for layer in net.layers]
+    u = [np.zeros(layer.out_shape, dtype=np.int64) for layer in net.layers]
+    v = [np.zeros(layer.out_shape, dtype=np.int64) for layer in net.layers]
+    rec = [np.zeros((steps, *layer.out_shape), dtype=bool) for layer in net.layers]
+    v_out = np.zeros((n, int(np.prod(net.layers[-1].out_shape))), dtype=np.int64)
+    for step in range(1, steps + 1):
+        src = seq[step - 1] if step - 1 < n * t else zero_in
+        outs = []
+        for k, layer in enumerate(net.layers, start=1):
+            if step % time_steps == (reset_offset + k) % time_steps:
+                u[k - 1][...] = 0
+                v[k - 1][...] = 0
+            outs.append(neuron_step(u[k - 1], v[k - 1], a_buf[k - 1], layer))
+            rec[k - 1][step - 1] = outs[-1]
+        for k, layer in enumerate(net.layers, start=1):
+            inp = src if k == 1 else outs[k - 2].astype(np.int64)
+            a_buf[k - 1] = synapse(layer, inp[None])[0]
+        s_done = step - n_layers
+        if s_done > 0 and s_done % t == 0 and s_done // t - 1 < n:
+            v_out[s_done // t - 1] = v[-1].reshape(-1)
+    return {"spikes": rec, "v_out": v_out, "steps": steps}
+
+
+def lava_index(layer: int, sample: int, frame: int, time_steps: int) -> int:
+    """Index (step − 1) in a Lava sink recording of layer ``layer`` (0-based) for a frame."""
+    return sample * time_steps + (layer + 1) + frame
+
+
+def frame_aligned(recording: np.ndarray, layer: int, n_samples: int, time_steps: int) -> np.ndarray:
+    """Lava sink recording ``[steps, *shape]`` of layer ``layer`` (0-based) → ``[N, T, *shape]``."""
+    start = layer + 1
+    block = recording[start : start + n_samples * time_steps]
+    return block.reshape(n_samples, time_steps, *recording.shape[1:])
+
+
+# --------------------------------------------------------------------------- float vs integer
+
+
+def compare(model: Any, netfile: str | os.PathLike[str], loader: Any, max_samples: int | None = None) -> dict[str, Any]:
+    """PyTorch model vs the integer network on a loader of ``(x [T, B, C, H, W], y [B])``.
+
+    The integer network gets counts = round(x · input_scale). Returns n, prediction
+    agreement, both accuracies, logit errors (integer logits = v_out / output_scale,
+    compared with the model's mean logits: max and mean absolute error, and the mean
+    error relative to the spread of the float logits) and the saturation events.
+    """
+    import torch
+
+    net = load_netx(netfile)
+    scale = float(net.attrs.get("input_scale", 1.0))
+    out_scale = net.output_scale
+    if out_scale is None:
+        raise ExportError(f"{netfile}: no output_scale attribute (not written by dvsguard export)")
+    preds_f, preds_q, labels, logits_f, logits_q = [], [], [], [], []
+    events: dict[str, int] = {}
+    seen = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for x, y in loader:
+            if max_samples is not None and seen >= max_samples:
+                break
+            if max_samples is not None:
+                x, y = x[:, : max_samples - seen], y[: max_samples - seen]
+            with torch.no_grad():
+                lf = model(x).double().cpu().numpy()
+            counts = np.rint(x.double().cpu().numpy() * scale).astype(np.int64).swapaxes(0, 1)
+            if net.time_steps is not None and counts.shape[1] != net.time_steps:
+                raise ExportError(f"{netfile}: exported for T={net.time_steps}, the data has T={counts.shape[1]}")
+            res = simulate(net, counts)
+            for k, val in res.events.items():
+                events[k] = events.get(k, 0) + val
+            logits_f.append(lf)
+            logits_q.append(res.v_out / out_scale)
+            preds_f.append(lf.argmax(1))
+            preds_q.append(res.v_out.argmax(1))
+            labels.append(np.asarray(y))
+            seen += len(y)
+    finally:
+        model.train(was_training)
+    if not labels:
+        raise ExportError("compare: the loader gave no samples")
+    lf, lq = np.concatenate(logits_f), np.concatenate(logits_q)
+    pf, pq, yy = np.concatenate(preds_f), np.concatenate(preds_q), np.concatenate(labels)
+    err = np.abs(lf - lq)
+    spread = float(lf.std()) or 1.0
+    return {
+        "n": int(len(yy)),
+        "agreement": float((pf == pq).mean()),
+        "accuracy_float": float((pf == yy).mean()),
+        "accuracy_int": float((pq == yy).mean()),
+        "logit_max_abs_error": float(err.max()),
+        "logit_mean_abs_error": float(err.mean()),
+        "logit_rel_error": float(err.mean() / spread),
+        "events": events,
+    }

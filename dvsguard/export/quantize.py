@@ -1,0 +1,593 @@
+"""From a trained spiking network to integer layers for Loihi: folding, then per-layer scaling.
+
+Pipeline (the trained model is only read, never changed):
+
+1. :func:`extract_layers` walks ``model.features`` then ``model.classifier`` (or a plain
+   ``nn.Sequential``) through a type → handler registry and returns float
+   :class:`FloatLayer` s: every Conv2d/Linear with its BatchNorm folded in
+   (:func:`fold_bn`), the θ of the IF neuron that follows it (``None`` for the read-out
+   layer), and the average pooling that precedes it (``pool`` = k for a k×k window).
+2. :func:`quantize_layers` scales each layer to integers that netx and Loihi 2 can hold.
+
+Average pooling folded into the next layer (exact):
+
+* before a convolution with kernel K, padding p, stride 1: avgpool(k) then conv equals a
+  convolution with kernel kK (every tap repeated over a k×k block, divided by k²),
+  stride k and padding k·p, when H and W are divisible by k (:func:`pool_conv_kernel`).
+  Proof: P[y] = k⁻¹ Σₐ X[ky+a], so Z[r] = Σ_q W[q] P[r+q−p] = Σ_{q,a} W[q]/k · X[k r + (kq+a) − kp].
+* before a Linear after Flatten: repeat each weight over its k×k window, divided by k²
+  (:func:`pool_dense_weight`); rows/columns that the floor of AvgPool drops get weight 0.
+
+In integers the division by k² moves to the neuron: the integer kernel repeats the
+integer weights unchanged while the bias and the threshold are multiplied by k². The
+integer sums are then exactly k² times those of the unfolded layer, so the spikes match.
+
+Integer mapping of an IF neuron (θ, hard reset, fires when u ≥ θ) to netx CUBA: with scale
+s (integer units per float unit of the layer's input current), weights w = round(s·W) as
+even integers in [−256, 254] (8-bit mantissa), bias b = round(s·B), θ_int = round(s·θ),
+and vThMant = k²·θ_int − 1 because netx fires when v > vThMant·2⁶ (strictly), i.e. when
+the integer sum ≥ k²·θ_int. iDecay = 4096 makes the current u the input of this step only;
+vDecay = 0 keeps v (no leak), exactly like the IF neuron.
+
+The first layer sees the frame counts c (graded events, 0…count_cap) instead of the
+model's c / count_cap, so its float weights are divided by count_cap first.
+
+The read-out Linear (no IF neuron) becomes a CUBA neuron that never fires: its voltage
+accumulates Σ_t (W s_t + b)·2⁶ = 2⁶·s·k²·T · mean_t(logits), a positive multiple of the
+mean logits, so its argmax is the model's prediction. Its scale is chosen so that this
+sum stays within vThMant·2⁶ for any spike pattern (no spike, no clipping) unless that
+would leave fewer than 5 bits of weight resolution, in which case it is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dvsguard.errors import ExportError
+
+log = logging.getLogger(__name__)
+
+# netx / Loihi 2 fixed-point limits (lava-nc 0.10 PyLifModelBitAcc, lava-dl 0.6 netx).
+WEIGHT_MIN, WEIGHT_MAX = -256, 254  # 8-bit signed mantissa × 2 (mixed sign mode drops the LSB)
+BIAS_MIN, BIAS_MAX = -(2**12), 2**12 - 1  # bias_mant: signed 13 bits
+VTH_MAX = 2**17 - 1  # vThMant: unsigned 17 bits
+STATE_BITS = 24  # u and v: signed 24 bits
+VOLTAGE_LIMIT = 2 ** (STATE_BITS - 1) - 1  # |v| is clipped here
+ACT_SHIFT = 6  # synaptic input, bias and threshold are shifted left by 6 bits
+INPUT_BITS_MAX = 24  # graded input payload
+
+
+@dataclass
+class FloatLayer:
+    """One synaptic layer of the trained model with BatchNorm folded in (float64).
+
+    Attributes:
+        name: module path of the Conv2d/Linear it comes from (e.g. ``features.0``).
+        kind: ``"conv"`` or ``"dense"``.
+        weight: conv ``[out, in, kH, kW]`` or dense ``[out, in]``.
+        bias: ``[out]``.
+        theta: threshold of the IF neuron after it; ``None`` for the read-out layer.
+        stride, padding: conv only, (y, x).
+        pool: k of the k×k average pooling folded in before this layer (1 = none).
+        in_shape: input of the (unfolded) layer, ``(C, H, W)`` or ``(N,)``, after pooling.
+        pre_pool_shape: input before the folded pooling (``(C, H, W)``), = in_shape if pool == 1.
+        flatten: a Flatten precedes this dense layer.
+        sources: module paths merged into it.
+    """
+
+    name: str
+    kind: str
+    weight: np.ndarray
+    bias: np.ndarray
+    theta: float | None = None
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    pool: int = 1
+    in_shape: tuple[int, ...] = ()
+    pre_pool_shape: tuple[int, ...] = ()
+    flatten: bool = False
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        if self.kind == "dense":
+            return (self.weight.shape[0],)
+        c, h, w = self.in_shape
+        kh, kw = self.weight.shape[2:]
+        return (
+            self.weight.shape[0],
+            (h + 2 * self.padding[0] - kh) // self.stride[0] + 1,
+            (w + 2 * self.padding[1] - kw) // self.stride[1] + 1,
+        )
+
+
+@dataclass
+class QLayer:
+    """One integer layer as netx stores it (pooling already folded in).
+
+    Attributes:
+        name, kind, sources: as in :class:`FloatLayer`.
+        weight: int64, conv ``[out, in, kH, kW]`` (PyTorch order) or dense ``[out, in]``.
+        bias: int64 ``[out]`` (bias_mant; the neuron adds bias·2⁶ every step).
+        vth: vThMant (a spike when v > vth·2⁶).
+        spiking: False for the read-out accumulator.
+        stride, padding: conv only (y, x).
+        in_shape, out_shape: ``(C, H, W)`` or ``(N,)`` of the folded layer.
+        flatten: a Flatten precedes this dense layer.
+        scale: s, integer units per float unit of the layer's current (before pooling fold).
+        pool: k of the folded k×k pooling.
+        clipped: number of values clipped to the hardware range, by parameter.
+    """
+
+    name: str
+    kind: str
+    weight: np.ndarray
+    bias: np.ndarray
+    vth: int
+    spiking: bool
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    flatten: bool
+    scale: float
+    pool: int
+    sources: list[str]
+    clipped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def fan_in(self) -> int:
+        return int(np.prod(self.weight.shape[1:]))
+
+    @property
+    def neurons(self) -> int:
+        return int(np.prod(self.out_shape))
+
+
+@dataclass
+class QuantizedNet:
+    """Integer network: input description, layers, and how to read its output.
+
+    Attributes:
+        input_shape: ``(C, H, W)`` of one frame.
+        input_scale: frame counts per model-input unit (count_cap): counts = x · input_scale.
+        input_bits: message bits of the graded input events (enough for input_scale).
+        time_steps: T, frames per sample (the reset interval).
+        layers: the :class:`QLayer` s in order.
+        output_scale: v of the read-out layer = output_scale · mean logits (2⁶·s·k²·T).
+    """
+
+    input_shape: tuple[int, int, int]
+    input_scale: float
+    input_bits: int
+    time_steps: int
+    layers: list[QLayer]
+    output_scale: float
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def lag(self) -> int:
+        """Extra Lava steps after the last frame until the read-out voltage holds all T frames:
+        one step per layer (each synapse delays by one step), see :mod:`dvsguard.export.intsim`."""
+        return len(self.layers)
+
+
+# --------------------------------------------------------------------------- float folding
+
+
+def fold_bn(weight: np.ndarray, bias: np.ndarray | None, bn: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    """Fold an eval-mode BatchNorm (running statistics) into the preceding conv/linear.
+
+    weight ``[out, ...]``, bias ``[out]`` or None → (weight', bias') with
+    weight' = weight·γ/√(σ²+ε) and bias' = (bias − μ)·γ/√(σ²+ε) + β, float64.
+    """
+    mean = bn.running_mean.detach().double().cpu().numpy()
+    var = bn.running_var.detach().double().cpu().numpy()
+    gamma = bn.weight.detach().double().cpu().numpy() if bn.weight is not None else np.ones_like(mean)
+    beta = bn.bias.detach().double().cpu().numpy() if bn.bias is not None else np.zeros_like(mean)
+    g = gamma / np.sqrt(var + float(bn.eps))
+    b = np.zeros_like(mean) if bias is None else np.asarray(bias, dtype=np.float64)
+    w = np.asarray(weight, dtype=np.float64) * g.reshape((-1,) + (1,) * (weight.ndim - 1))
+    return w, (b - mean) * g + beta
+
+
+def pool_conv_kernel(weight: np.ndarray, k: int, padding: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """avgpool(k) followed by conv(weight, stride 1, padding) as one conv.
+
+    Returns (kernel ``[out, in, k·kH, k·kW]`` = every tap repeated k×k times and divided
+    by k² — multiply by k² for the integer form —, stride (k, k), padding (k·pH, k·pW)).
+    """
+    big = np.repeat(np.repeat(weight, k, axis=2), k, axis=3) / (k * k)
+    return big, (k, k), (k * padding[0], k * padding[1])
+
+
+def pool_dense_weight(weight: np.ndarray, k: int, pre_pool_shape: tuple[int, int, int]) -> np.ndarray:
+    """avgpool(k) + flatten + linear(weight ``[out, C·(H//k)·(W//k)]``) as one linear layer.
+
+    Returns ``[out, C·H·W]`` (C, H, W flattening order): each weight over its k×k window,
+    divided by k²; positions dropped by the pooling's floor get 0.
+    """
+    c, h, w = pre_pool_shape
+    hp, wp = h // k, w // k
+    out = weight.shape[0]
+    wt = weight.reshape(out, c, hp, wp)
+    big = np.zeros((out, c, h, w), dtype=np.float64)
+    big[:, :, : hp * k, : wp * k] = np.repeat(np.repeat(wt, k, axis=2), k, axis=3) / (k * k)
+    return big.reshape(out, c * h * w)
+
+
+# --------------------------------------------------------------------------- model walk
+
+
+def _if_neuron_class() -> type | None:
+    try:
+        from dvsguard.snn.neuron import IFNeuron
+    except ImportError:  # pragma: no cover - the snn stage ships with the package
+        return None
+    return IFNeuron
+
+
+def _is_if(m: nn.Module) -> bool:
+    cls = _if_neuron_class()
+    return (cls is not None and isinstance(m, cls)) or type(m).__name__ == "IFNeuron"
+
+
+def _walk(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """(path, module) of the layers in execution order."""
+    if hasattr(model, "features") and hasattr(model, "classifier"):
+        for part in ("features", "classifier"):
+            seq = getattr(model, part)
+            if not isinstance(seq, nn.Sequential):
+                raise ExportError(f"{part}: expected an nn.Sequential, got {type(seq).__name__}")
+            for name, m in seq.named_children():
+                yield f"{part}.{name}", m
+    elif isinstance(model, nn.Sequential):
+        yield from model.named_children()
+    else:
+        raise ExportError(
+            f"{type(model).__name__}: cannot export; expected a SpikingVGG (features + classifier) or an nn.Sequential"
+        )
+
+
+class _Walker:
+    """State of the walk: the layers so far and what the next layer must absorb."""
+
+    def __init__(self, input_shape: tuple[int, int, int]) -> None:
+        self.layers: list[FloatLayer] = []
+        self.shape: tuple[int, ...] = tuple(input_shape)
+        self.pool = 1
+        self.pre_pool_shape: tuple[int, ...] = tuple(input_shape)
+        self.flatten = False
+        self.open: FloatLayer | None = None  # a layer still waiting for BN / IF
+
+    def check_closed(self, name: str, what: str) -> None:
+        if self.open is not None:
+            raise ExportError(
+                f"{name}: {what} after {self.open.name} which has no IF neuron yet "
+                "(only BatchNorm may sit between a Conv2d/Linear and its IF neuron)"
+            )
+
+    def add(self, layer: FloatLayer) -> None:
+        layer.pool = self.pool
+        layer.pre_pool_shape = self.pre_pool_shape
+        layer.in_shape = self.shape
+        layer.flatten = self.flatten
+        self.layers.append(layer)
+        self.open = layer
+        self.pool, self.flatten = 1, False
+        self.shape = layer.out_shape
+        self.pre_pool_shape = self.shape
+
+
+def _finite(name: str, what: str, a: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(a)):
+        raise ExportError(f"{name}: {what} holds NaN or infinite values")
+    return a
+
+
+def _np(t: torch.Tensor | None) -> np.ndarray | None:
+    return None if t is None else t.detach().double().cpu().numpy()
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _conv(w: _Walker, name: str, m: nn.Conv2d) -> None:
+    w.check_closed(name, "Conv2d")
+    if m.groups != 1 or _pair(m.dilation) != (1, 1) or _pair(m.stride) != (1, 1):
+        raise ExportError(f"{name}: only Conv2d with stride 1, dilation 1 and groups 1 is supported, got {m}")
+    if not isinstance(m.padding, tuple) or m.padding_mode != "zeros":
+        raise ExportError(f"{name}: only explicit zero padding is supported, got padding={m.padding!r}")
+    if len(w.shape) != 3 or w.flatten:
+        raise ExportError(f"{name}: Conv2d after Flatten is not supported")
+    if w.shape[0] != m.in_channels:
+        raise ExportError(f"{name}: expects {m.in_channels} input channels, the layer before gives {w.shape[0]}")
+    weight = _finite(name, "weight", _np(m.weight))
+    bias = _finite(name, "bias", _np(m.bias)) if m.bias is not None else np.zeros(m.out_channels)
+    w.add(FloatLayer(name, "conv", weight, bias, stride=(1, 1), padding=_pair(m.padding), sources=[name]))
+    c, h, wd = w.layers[-1].out_shape
+    if h < 1 or wd < 1:
+        raise ExportError(f"{name}: output would be empty for input {w.layers[-1].in_shape}")
+
+
+def _linear(w: _Walker, name: str, m: nn.Linear) -> None:
+    w.check_closed(name, "Linear")
+    if len(w.shape) != 1:
+        raise ExportError(f"{name}: Linear needs a Flatten before it (input is {w.shape})")
+    if w.shape[0] != m.in_features:
+        raise ExportError(f"{name}: expects {m.in_features} input features, the layer before gives {w.shape[0]}")
+    weight = _finite(name, "weight", _np(m.weight))
+    bias = _finite(name, "bias", _np(m.bias)) if m.bias is not None else np.zeros(m.out_features)
+    w.add(FloatLayer(name, "dense", weight, bias, sources=[name]))
+
+
+def _batchnorm(w: _Walker, name: str, m: nn.Module) -> None:
+    layer = w.open
+    want = "conv" if isinstance(m, nn.BatchNorm2d) else "dense"
+    if layer is None or layer.kind != want or len(layer.sources) > 1:
+        raise ExportError(f"{name}: {type(m).__name__} must directly follow a {'Conv2d' if want == 'conv' else 'Linear'}")
+    if not m.track_running_stats or m.running_mean is None:
+        raise ExportError(f"{name}: BatchNorm without running statistics cannot be folded")
+    for what, t in (("running_mean", m.running_mean), ("running_var", m.running_var), ("weight", m.weight), ("bias", m.bias)):
+        if t is not None:
+            _finite(name, what, _np(t))
+    layer.weight, layer.bias = fold_bn(layer.weight, layer.bias, m)
+    _finite(name, "folded weight", layer.weight)
+    layer.sources.append(name)
+
+
+def _if(w: _Walker, name: str, m: nn.Module) -> None:
+    layer = w.open
+    if layer is None:
+        raise ExportError(f"{name}: IF neuron without a Conv2d/Linear before it")
+    theta = float(getattr(m, "threshold", 1.0))
+    if not math.isfinite(theta) or theta <= 0:
+        raise ExportError(f"{name}: IF threshold must be a positive number, got {theta}")
+    layer.theta = theta
+    layer.sources.append(name)
+    w.open = None
+
+
+def _avgpool(w: _Walker, name: str, m: nn.AvgPool2d) -> None:
+    w.check_closed(name, "AvgPool2d")
+    k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
+    ok = (
+        _pair(m.kernel_size) == (k, k)
+        and _pair(m.stride if m.stride is not None else m.kernel_size) == (k, k)
+        and _pair(m.padding) == (0, 0)
+        and not m.ceil_mode
+        and m.divisor_override is None
+    )
+    if not ok:
+        raise ExportError(f"{name}: only square AvgPool2d with stride = kernel, no padding, floor mode is supported")
+    if len(w.shape) != 3:
+        raise ExportError(f"{name}: AvgPool2d after Flatten")
+    c, h, wd = w.shape
+    if h // k < 1 or wd // k < 1:
+        raise ExportError(f"{name}: pooling {k}×{k} of a {h}×{wd} map leaves nothing")
+    w.pool *= k
+    w.shape = (c, h // k, wd // k)
+
+
+def _flatten(w: _Walker, name: str, m: nn.Flatten) -> None:
+    w.check_closed(name, "Flatten")
+    if m.start_dim != 1 or m.end_dim != -1:
+        raise ExportError(f"{name}: only Flatten(start_dim=1) is supported")
+    if len(w.shape) == 3:
+        w.flatten = True
+        w.shape = (int(np.prod(w.shape)),)
+
+
+def _identity(w: _Walker, name: str, m: nn.Module) -> None:
+    """Dropout and Identity are the identity at inference, which is what is exported."""
+
+
+Handler = Callable[[_Walker, str, Any], None]
+
+#: Module type → handler. Anything else is refused with an ExportError naming the layer.
+HANDLERS: dict[type, Handler] = {
+    nn.Conv2d: _conv,
+    nn.Linear: _linear,
+    nn.BatchNorm2d: _batchnorm,
+    nn.BatchNorm1d: _batchnorm,
+    nn.AvgPool2d: _avgpool,
+    nn.Flatten: _flatten,
+    nn.Dropout: _identity,
+    nn.Identity: _identity,
+}
+
+
+def extract_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> list[FloatLayer]:
+    """Float layers of ``model`` (see module docstring). input_shape: ``(C, H, W)`` of a frame.
+
+    Raises ExportError naming the first module that cannot be mapped (MaxPool2d, a
+    stride-2 conv, a layer with NaN weights, BatchNorm in the wrong place, …).
+    """
+    w = _Walker(tuple(int(v) for v in input_shape))
+    for name, m in _walk(model):
+        if _is_if(m):
+            _if(w, name, m)
+            continue
+        handler = HANDLERS.get(type(m))
+        if handler is None:
+            raise ExportError(f"{name}: cannot map {type(m).__name__} to Loihi (supported: Conv2d, BatchNorm, IF, AvgPool2d, Flatten, Linear)")
+        handler(w, name, m)
+    if not w.layers:
+        raise ExportError(f"{type(model).__name__}: no Conv2d/Linear layer to export")
+    last = w.layers[-1]
+    if last.theta is not None or last.kind != "dense":
+        raise ExportError(f"{last.name}: the network must end with a Linear read-out layer without IF neuron")
+    for layer in w.layers[:-1]:
+        if layer.theta is None:
+            raise ExportError(f"{layer.name}: hidden layer without IF neuron")
+    if w.pool != 1:
+        raise ExportError("the network ends with an AvgPool2d that no layer consumes")
+    for layer in w.layers:
+        if layer.kind == "conv" and layer.pool > 1:
+            c, h, wd = layer.pre_pool_shape
+            if h % layer.pool or wd % layer.pool:
+                raise ExportError(
+                    f"{layer.name}: cannot fold the {layer.pool}×{layer.pool} pooling of a {h}×{wd} map into it "
+                    "(the size must be divisible by the pooling)"
+                )
+    return w.layers
+
+
+# --------------------------------------------------------------------------- integer scaling
+
+
+def _even_round(x: np.ndarray) -> np.ndarray:
+    return 2 * np.round(x / 2.0)
+
+
+def _scale_limit_weights(weight: np.ndarray) -> float:
+    pos = float(weight.max(initial=0.0))
+    neg = float(-weight.min(initial=0.0))
+    limits = [WEIGHT_MAX / pos if pos > 0 else math.inf, -WEIGHT_MIN / neg if neg > 0 else math.inf]
+    return min(limits)
+
+
+def quantize_layer(layer: FloatLayer, input_scale: float, time_steps: int, first: bool) -> tuple[QLayer, list[str]]:
+    """Integer form of one float layer (see the module docstring for the maths).
+
+    input_scale: counts per float input unit for the first layer (its weights are divided
+    by it). Returns the QLayer and warnings about clipped values.
+    """
+    notes: list[str] = []
+    weight = layer.weight / input_scale if first else layer.weight
+    bias = layer.bias
+    p2 = layer.pool * layer.pool
+    s = _scale_limit_weights(weight)
+    if layer.theta is not None:
+        s = min(s, (VTH_MAX + 1) / (p2 * layer.theta))
+        max_b = float(np.abs(bias).max(initial=0.0))
+        if max_b > 0 and s * max_b * p2 > BIAS_MAX:
+            # give up at most 2 bits of weight resolution to keep the bias exact, then clip
+            s = max(BIAS_MAX / (max_b * p2), s / 4)
+        if not math.isfinite(s):
+            s = 1.0
+        theta_int = max(1, int(math.floor(s * layer.theta)))
+        s = theta_int / layer.theta
+        vth = p2 * theta_int - 1
+    else:
+        # read-out: Σ_t (W s_t + b) must stay below the threshold for any binary input
+        pos = np.clip(weight, 0, None).sum(axis=1) + np.clip(bias, 0, None)
+        neg = np.clip(-weight, 0, None).sum(axis=1) + np.clip(-bias, 0, None)
+        worst = float(max(pos.max(initial=0.0), neg.max(initial=0.0))) * p2 * time_steps
+        s_w = s
+        if worst > 0:
+            s = min(s, VTH_MAX / worst)
+        if s < s_w / 8:
+            notes.append(
+                f"{layer.name}: read-out scale limited to {s_w / 8:.3g} (5 weight bits); its voltage may clip "
+                "when many inputs are active at once"
+            )
+            s = s_w / 8
+        max_b = float(np.abs(bias).max(initial=0.0))
+        if max_b > 0:
+            s = min(s, max(BIAS_MAX / (max_b * p2), s / 4))
+        if not math.isfinite(s):
+            s = 1.0
+        vth = VTH_MAX
+    w_int = _even_round(s * weight)
+    b_int = np.round(s * bias) * p2
+    clipped = {
+        "weight": int(((w_int < WEIGHT_MIN) | (w_int > WEIGHT_MAX)).sum()),
+        "bias": int(((b_int < BIAS_MIN) | (b_int > BIAS_MAX)).sum()),
+    }
+    w_int = np.clip(w_int, WEIGHT_MIN, WEIGHT_MAX).astype(np.int64)
+    b_int = np.clip(b_int, BIAS_MIN, BIAS_MAX).astype(np.int64)
+    for what, n in clipped.items():
+        if n:
+            notes.append(f"{layer.name}: {n} {what} value(s) clipped to the hardware range")
+    if vth > VTH_MAX:
+        notes.append(f"{layer.name}: threshold {vth} clipped to {VTH_MAX}")
+        clipped["threshold"] = 1
+        vth = VTH_MAX
+    stride, padding = layer.stride, layer.padding
+    if layer.kind == "conv" and layer.pool > 1:
+        w_int = np.repeat(np.repeat(w_int, layer.pool, axis=2), layer.pool, axis=3)
+        stride = (layer.pool, layer.pool)
+        padding = (layer.pool * layer.padding[0], layer.pool * layer.padding[1])
+        in_shape = layer.pre_pool_shape
+    elif layer.kind == "dense" and layer.pool > 1:
+        w_int = np.rint(pool_dense_weight(w_int.astype(np.float64), layer.pool, layer.pre_pool_shape) * p2).astype(np.int64)
+        in_shape = (int(np.prod(layer.pre_pool_shape)),)
+    else:
+        in_shape = layer.in_shape if layer.kind == "conv" or not layer.flatten else (int(np.prod(layer.in_shape)),)
+    if layer.kind == "dense":
+        in_shape = (w_int.shape[1],)
+    if not np.any(w_int):
+        notes.append(f"{layer.name}: all integer weights are zero")
+    q = QLayer(
+        name=layer.name,
+        kind=layer.kind,
+        weight=w_int,
+        bias=b_int,
+        vth=int(vth),
+        spiking=layer.theta is not None,
+        stride=stride,
+        padding=padding,
+        in_shape=tuple(int(v) for v in in_shape),
+        out_shape=tuple(int(v) for v in layer.out_shape),
+        flatten=layer.flatten,
+        scale=float(s),
+        pool=layer.pool,
+        sources=list(layer.sources),
+        clipped=clipped,
+    )
+    return q, notes
+
+
+def quantize_layers(
+    layers: list[FloatLayer],
+    input_shape: tuple[int, int, int],
+    input_scale: float,
+    time_steps: int,
+) -> QuantizedNet:
+    """Scale every float layer to integers (see the module docstring).
+
+    input_scale: count_cap (frame counts per model-input unit); time_steps: T.
+    """
+    if not (input_scale >= 1 and float(input_scale).is_integer()):
+        raise ExportError(f"input scale (count cap) must be a positive integer, got {input_scale}")
+    if time_steps < 1:
+        raise ExportError(f"time steps must be ≥ 1, got {time_steps}")
+    qlayers: list[QLayer] = []
+    warnings: list[str] = []
+    for i, layer in enumerate(layers):
+        q, notes = quantize_layer(layer, input_scale, time_steps, first=(i == 0))
+        qlayers.append(q)
+        warnings += notes
+    for note in warnings:
+        log.warning("export: %s", note)
+    last = qlayers[-1]
+    output_scale = (2**ACT_SHIFT) * last.scale * last.pool**2 * time_steps
+    input_bits = max(1, int(math.ceil(math.log2(input_scale + 1))))
+    return QuantizedNet(
+        input_shape=tuple(int(v) for v in input_shape),
+        input_scale=float(input_scale),
+        input_bits=input_bits,
+        time_steps=int(time_steps),
+        layers=qlayers,
+        output_scale=float(output_scale),
+        warnings=warnings,
+    )
+
+
+def quantize_model(
+    model: nn.Module, input_shape: tuple[int, int, int], input_scale: float, time_steps: int
+) -> QuantizedNet:
+    """:func:`extract_layers` then :func:`quantize_layers`; the model is only read."""
+    with torch.no_grad():
+        layers = extract_layers(model, input_shape)
+    return quantize_layers(layers, input_shape, input_scale, time_steps)
