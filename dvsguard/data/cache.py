@@ -387,7 +387,8 @@ def build_cache(
     lock = open(lock_path, "w")
     try:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # a POSIX record lock: released when this process dies, and not inherited by the workers
+            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise CacheError(f"{path}: another process is building this cache (lock {lock_path} is held)") from None
         return _build_locked(path, items, classes, cfg, split, source, siblings, source_root, key, workers,
