@@ -132,6 +132,42 @@ def train(
 
 
 @app.command()
+def attack(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint of the target model (.pt)."),
+    cache: Path = typer.Option(..., "--cache", help="A frame cache (.h5) of the dataset; its --split sibling is attacked."),
+    split: str = typer.Option("test", "--split", help="Which split of the cache to attack."),
+    attacks: str = typer.Option("clean,fgsm,pgd10,pgd30,pgd50,apgd10", "--attacks", help="Comma list: clean, fgsm, rfgsm, random, pgd<k>, apgd<k>."),
+    eps: str = typer.Option("8/255", "--eps", help="ε in frame units, a comma list draws robust accuracy against ε, e.g. 8/255,4/255."),
+    ensemble: bool = typer.Option(True, "--ensemble/--no-ensemble", help="Fooled if any of the gradient modes triangle:1, sigmoid:4, atan:2, rga fools the model."),
+    modes: str = typer.Option(None, "--modes", help="Ensemble gradient modes instead of the paper's four, e.g. triangle:0.5,triangle:2."),
+    source: Path = typer.Option(None, "--source", help="Black box: craft the examples on this checkpoint, judge them on the target."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Attack a fixed seeded subset of N samples."),
+    batch: int = typer.Option(64, "--batch", min=1, help="Samples per batch."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random starts (per sample) and of the --limit subset."),
+    out: Path = typer.Option(None, "--out", help="Folder for attack.json, attack.md, robust_vs_eps.png (default: the checkpoint's)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Robust accuracy under FGSM/PGD/APGD (white box, and black box with --source) as a table."""
+    from dvsguard.attack.evaluate import EvalConfig, parse_eps_list
+    from dvsguard.attack.evaluate import run as run_attack
+
+    cfg = EvalConfig(
+        attacks=tuple(a.strip().lower() for a in attacks.split(",") if a.strip()),
+        eps=parse_eps_list(eps), ensemble=ensemble,
+        modes=tuple(m.strip() for m in modes.split(",") if m.strip()) if modes else None,
+        batch_size=batch, limit=limit, seed=seed,
+    )
+    result = run_attack(checkpoint, cache, cfg, split=split, source=source, out_dir=out)
+    if result["rank"] != 0:  # under torchrun only rank 0 reports
+        return
+    _emit(
+        {k: v for k, v in result.items() if k != "table"},
+        as_json,
+        lambda r: f"{result['table']}\n\n{r['n_samples']} samples; written: {', '.join(r['paths'].values())}",
+    )
+
+
+@app.command()
 def run(
     pipeline: Path = typer.Argument(..., help="Pipeline file (TOML), e.g. pipelines/quickstart.toml."),
     from_stage: str = typer.Option(None, "--from", help="Rerun from this stage (or group: data, train, attack, ...) on."),
