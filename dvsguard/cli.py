@@ -84,6 +84,37 @@ def version(as_json: bool = JsonOpt) -> None:
 
 
 @app.command()
+def preprocess(
+    source: str = typer.Argument(..., help="'cifar10dvs', or a folder of recordings (labels.csv or class sub-folders)."),
+    cache_dir: Path = typer.Option(Path("data_cache"), "--cache-dir", help="Folder of the frame caches."),
+    frames: int = typer.Option(10, "--frames", min=1, help="Frames T per recording."),
+    mode: str = typer.Option("events", "--mode", help="events: equal event counts per frame; time: equal time spans."),
+    size: int = typer.Option(48, "--size", min=1, help="Frame height and width in pixels."),
+    count_cap: int = typer.Option(None, "--count-cap", min=1, max=255, help="Clip event counts per pixel at N (frames = count/N in [0, 1]; default 15)."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Processes reading and framing recordings."),
+    root: Path = typer.Option(None, "--root", help="cifar10dvs: folder holding (or to receive) the recordings (default: data)."),
+    download: bool = typer.Option(False, "--download", help="cifar10dvs: download/extract when not on disk."),
+    labels: Path = typer.Option(None, "--labels", help="CSV of path,class for a folder (default: its labels.csv)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Frame recordings into a train and a test HDF5 cache (9:1 per class), using all workers."""
+    if mode not in ("events", "time"):
+        raise typer.BadParameter(f"--mode must be 'events' or 'time', not {mode!r}")
+    from dvsguard.data.frames import FramingConfig
+    from dvsguard.data.preprocess import preprocess as run_preprocess
+
+    cfg = FramingConfig(n_frames=frames, mode=mode, height=size, width=size,
+                        **({"count_cap": count_cap} if count_cap is not None else {}))
+    result = run_preprocess(source, cache_dir, cfg, workers=workers, root=root, download=download, labels_file=labels)
+    _emit(
+        result.to_json(),
+        as_json,
+        lambda r: f"train: {r['train']} ({r['n_train']} samples)\ntest:  {r['test']} ({r['n_test']} samples)\n"
+        f"classes: {', '.join(r['classes'])}\nunreadable recordings skipped: {len(r['failed'])}",
+    )
+
+
+@app.command()
 def train(
     cache: Path = typer.Option(..., "--cache", help="Train-split frame cache (.h5); the test split is found beside it."),
     defense: str = typer.Option(..., "--defense", help="vanilla, sr, fgsm-at, pgd-at, sr-star or rat."),
