@@ -1,0 +1,353 @@
+"""An embedded event dataset: a simulated DVS watching handwritten digits move in small saccades.
+
+CIFAR10-DVS was recorded by a DVS128 looking at CIFAR-10 images moving on a monitor. This
+module does the same in simulation with scikit-learn's 8×8 handwritten digits (which ship
+with scikit-learn), so the whole pipeline runs offline:
+
+1. each recording draws one digit image of its class, upscales it (cubic spline, random
+   scale, rotation and position) onto a ``size × size`` monitor with random background
+   and ink brightness, and optionally puts a static occluder over part of it;
+2. the image moves along a random path of three smooth saccades of a few pixels each,
+   sampled on a fine time grid (``n_steps`` steps over ``duration_us``);
+3. every sensor pixel keeps the log intensity at its last event and emits an ON (OFF) event
+   each time the present log intensity rises (falls) by its contrast threshold; thresholds
+   vary per pixel and per recording, the log intensity carries temporal noise, and the
+   event time is interpolated linearly inside the step;
+4. background-activity noise events (``noise`` events per pixel per second, random
+   polarity) and a few hot pixels are added.
+
+Output: ``OUT_DIR/<class>/<class>_<nnnn>.npz`` (read back by
+:func:`dvsguard.data.events.read_events`), ``OUT_DIR/labels.csv`` (``path,label``, paths
+relative to OUT_DIR) and ``OUT_DIR/synth.json`` (the settings). Everything is a
+deterministic function of the settings: recordings are generated in fixed batches, each
+with its own generator seeded by (seed, batch index).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dvsguard.data.events import EVENT_DTYPE, write_npz
+from dvsguard.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CLASSES: tuple[str, ...] = tuple(f"digit{i}" for i in range(10))
+"""Class folder names; label i is digit i (names sort in label order)."""
+
+FORMAT = "dvsguard-synth/1"
+_BATCH = 50  # recordings per vectorised batch (fixed: the output must not depend on it changing)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Settings of the simulated recordings.
+
+    Attributes:
+        per_class: recordings per class (10 classes).
+        seed: seed of every random choice.
+        size: sensor width = height in pixels; sensor_size is (size, size, 2).
+        noise: background-activity rate, events per pixel per second (0 disables it).
+        duration_us: length of a recording in µs.
+        n_steps: time steps of the sensor simulation over ``duration_us``.
+        threshold: mean contrast threshold in log-intensity units (per recording it is
+            drawn in [0.75, 1.25] × this, per pixel with a 10 % spread).
+        log_noise: std of the temporal noise on the log intensity per step.
+        occlusion: probability that a static occluder covers part of the digit.
+    """
+
+    per_class: int = 200
+    seed: int = 0
+    size: int = 48
+    noise: float = 2.0
+    duration_us: int = 300_000
+    n_steps: int = 60
+    threshold: float = 0.25
+    log_noise: float = 0.03
+    occlusion: float = 0.3
+
+    def validate(self) -> None:
+        checks = {
+            "per_class": self.per_class >= 1,
+            "size": 16 <= self.size <= 512,
+            "noise": self.noise >= 0,
+            "duration_us": self.duration_us >= 1000,
+            "n_steps": 3 <= self.n_steps <= 10_000,
+            "threshold": self.threshold > 0,
+            "log_noise": self.log_noise >= 0,
+            "occlusion": 0.0 <= self.occlusion <= 1.0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"synth: invalid setting(s) {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}")
+
+
+# --------------------------------------------------------------------------- sensor model
+
+
+def dvs_events(
+    log_frames: np.ndarray,
+    times_us: np.ndarray,
+    thresholds: np.ndarray,
+    max_per_step: int = 8,
+) -> tuple[np.ndarray, ...]:
+    """Simulate DVS pixels on a sequence of log-intensity frames.
+
+    Args:
+        log_frames: [S+1, B, H, W] float log intensity at ``times_us`` (step 0 sets the
+            pixels' reference levels and emits nothing).
+        times_us: [S+1] float, increasing times of the frames in µs.
+        thresholds: [2, B, H, W] contrast thresholds (ON, OFF) in log units, > 0.
+        max_per_step: at most this many events per pixel and step (refractoriness).
+
+    Returns:
+        (b, x, y, t, p) int arrays over all events: batch index, column, row, time in µs
+        (interpolated linearly inside the step where the level was crossed), polarity
+        1 = ON (brighter), 0 = OFF. Unsorted.
+    """
+    ref = log_frames[0].copy()
+    c_on, c_off = thresholds
+    out: list[tuple[np.ndarray, ...]] = []
+    for s in range(1, log_frames.shape[0]):
+        prev, cur = log_frames[s - 1], log_frames[s]
+        diff = cur - ref
+        n_on = np.minimum(np.floor(diff / c_on), max_per_step).clip(min=0).astype(np.int32)
+        n_off = np.minimum(np.floor(-diff / c_off), max_per_step).clip(min=0).astype(np.int32)
+        for counts, sign, c in ((n_on, 1.0, c_on), (n_off, -1.0, c_off)):
+            idx = np.nonzero(counts)
+            if not idx[0].size:
+                continue
+            k = counts[idx]
+            rep = np.repeat(np.arange(k.size), k)
+            # j-th crossing (1..k) of this pixel in this step
+            j = np.arange(rep.size) - np.repeat(np.cumsum(k) - k, k) + 1
+            level = ref[idx][rep] + sign * j * c[idx][rep]
+            p0, p1 = prev[idx][rep], cur[idx][rep]
+            span = p1 - p0
+            with np.errstate(divide="ignore", invalid="ignore"):
+                frac = np.where(np.abs(span) > 1e-9, (level - p0) / span, 1.0)
+            frac = np.clip(frac, 0.0, 1.0)
+            t = times_us[s - 1] + frac * (times_us[s] - times_us[s - 1])
+            out.append((idx[0][rep], idx[2][rep], idx[1][rep], t, np.full(rep.size, sign > 0)))
+            ref[idx] += sign * k * c[idx]
+    if not out:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty, empty.astype(float), empty.astype(bool)
+    return tuple(np.concatenate(parts) for parts in zip(*out))
+
+
+# --------------------------------------------------------------------------- scene
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return (digits.images / 16.0).astype(np.float32), digits.target.astype(np.int64)
+
+
+def _render(image: np.ndarray, canvas: int, scale: float, angle: float, offset: np.ndarray) -> np.ndarray:
+    """Draw an 8×8 image ([0, 1]) upscaled by ``scale`` and rotated by ``angle`` (rad), centred
+    at the canvas centre + offset (px), on a ``canvas × canvas`` float32 array in [0, 1]."""
+    from scipy.ndimage import affine_transform
+
+    src = np.pad(image, 2)
+    c, s = np.cos(angle), np.sin(angle)
+    matrix = np.array([[c, -s], [s, c]]) / scale
+    out_centre = np.array([(canvas - 1) / 2 + offset[1], (canvas - 1) / 2 + offset[0]])
+    src_centre = np.array([(src.shape[0] - 1) / 2, (src.shape[1] - 1) / 2])
+    shift = src_centre - matrix @ out_centre
+    drawn = affine_transform(src, matrix, offset=shift, output_shape=(canvas, canvas), order=3, mode="constant")
+    return np.clip(drawn, 0.0, 1.0).astype(np.float32)
+
+
+def _saccade_path(rng: np.random.Generator, n: int) -> np.ndarray:
+    """[n, 2] (dx, dy) px: three smooth saccades between random waypoints, starting at 0."""
+    waypoints = np.zeros((4, 2))
+    for i in range(1, 4):
+        angle = rng.uniform(0, 2 * np.pi)
+        amplitude = rng.uniform(1.5, 3.5)
+        waypoints[i] = waypoints[i - 1] + amplitude * np.array([np.cos(angle), np.sin(angle)])
+    waypoints -= waypoints.mean(axis=0) * rng.uniform(0.5, 1.0)  # not always starting at rest
+    waypoints = np.clip(waypoints, -5.0, 5.0)
+    u = np.linspace(0.0, 3.0, n)
+    seg = np.minimum(u.astype(int), 2)
+    frac = u - seg
+    ease = 0.5 - 0.5 * np.cos(np.pi * frac)  # smooth start and stop of each saccade
+    path = waypoints[seg] + (waypoints[seg + 1] - waypoints[seg]) * ease[:, None]
+    return path + rng.normal(0.0, 0.08, path.shape)  # fixational tremor
+
+
+def _windows(padded: np.ndarray, path: np.ndarray, margin: int, size: int) -> np.ndarray:
+    """Bilinearly shifted views [n, size, size] of ``padded`` following ``path`` [n, 2] (dx, dy)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    views = sliding_window_view(padded, (size, size))
+    pos = margin - path  # the scene moves by +path: the sensor window moves by -path
+    i0 = np.floor(pos).astype(int)
+    f = (pos - i0).astype(np.float32)
+    ix, iy = i0[:, 0], i0[:, 1]
+    fx, fy = f[:, 0, None, None], f[:, 1, None, None]
+    return (
+        views[iy, ix] * (1 - fx) * (1 - fy)
+        + views[iy, ix + 1] * fx * (1 - fy)
+        + views[iy + 1, ix] * (1 - fx) * fy
+        + views[iy + 1, ix + 1] * fx * fy
+    )
+
+
+def _batch(
+    cfg: SynthConfig, images: np.ndarray, labels: np.ndarray, batch_index: int
+) -> list[np.ndarray]:
+    """Simulate one batch of recordings; returns their EVENT_DTYPE arrays (sorted by t)."""
+    rng = np.random.default_rng([cfg.seed, batch_index])
+    n, size, steps = len(images), cfg.size, cfg.n_steps
+    margin = 8
+    canvas = size + 2 * margin
+    times = np.linspace(0.0, float(cfg.duration_us), steps + 1)
+    log_frames = np.empty((steps + 1, n, size, size), dtype=np.float32)
+    for b in range(n):
+        scale = size / 8.0 * rng.uniform(0.55, 0.75)
+        digit = _render(images[b], canvas, scale, rng.normal(0.0, 0.15), rng.uniform(-4, 4, 2))
+        background, ink = rng.uniform(0.05, 0.3), rng.uniform(0.55, 1.0)
+        scene = background + (ink - background) * digit
+        if rng.random() < cfg.occlusion:  # a static card in front of the monitor
+            h, w = rng.integers(size // 5, size // 3, 2)
+            y0, x0 = rng.integers(margin, margin + size - h), rng.integers(margin, margin + size - w)
+            scene[y0:y0 + h, x0:x0 + w] = rng.uniform(0.05, 0.5)
+        frames = _windows(scene, _saccade_path(rng, steps + 1), margin, size)
+        log_frames[:, b] = np.log(frames + 0.02)
+    if cfg.log_noise > 0:
+        noise = rng.standard_normal(log_frames.shape, dtype=np.float32)
+        noise *= cfg.log_noise
+        log_frames += noise
+    mean = cfg.threshold * rng.uniform(0.75, 1.25, (2, n, 1, 1))
+    thresholds = (mean * rng.normal(1.0, 0.1, (2, n, size, size))).clip(min=0.3 * cfg.threshold)
+    b_idx, x, y, t, p = dvs_events(log_frames, times, thresholds.astype(np.float32))
+    t = t + rng.exponential(100.0, t.shape)  # readout latency jitter, µs
+    parts: list[np.ndarray] = []
+    order = np.argsort(b_idx, kind="stable")
+    bounds = np.searchsorted(b_idx[order], np.arange(n + 1))
+    for b in range(n):
+        sel = order[bounds[b]:bounds[b + 1]]
+        signal = np.empty(sel.size, dtype=EVENT_DTYPE)
+        signal["x"], signal["y"], signal["t"], signal["p"] = x[sel], y[sel], t[sel], p[sel]
+        ev = np.concatenate([signal, _noise_events(rng, cfg)])
+        ev["t"] = np.clip(ev["t"], 0, cfg.duration_us - 1)
+        parts.append(ev[np.argsort(ev["t"], kind="stable")])
+    return parts
+
+
+def _noise_events(rng: np.random.Generator, cfg: SynthConfig) -> np.ndarray:
+    """Background activity (Poisson, ``cfg.noise`` per pixel per second) plus 0-3 hot pixels."""
+    size, seconds = cfg.size, cfg.duration_us / 1e6
+    count = rng.poisson(cfg.noise * size * size * seconds) if cfg.noise > 0 else 0
+    n_hot = rng.integers(0, 4) if cfg.noise > 0 else 0
+    hot_counts = rng.poisson(rng.uniform(50, 300, n_hot) * seconds)
+    total = int(count + hot_counts.sum())
+    ev = np.empty(total, dtype=EVENT_DTYPE)
+    ev["x"][:count] = rng.integers(0, size, count)
+    ev["y"][:count] = rng.integers(0, size, count)
+    hot_xy = rng.integers(0, size, (n_hot, 2))
+    ev["x"][count:] = np.repeat(hot_xy[:, 0], hot_counts)
+    ev["y"][count:] = np.repeat(hot_xy[:, 1], hot_counts)
+    ev["t"] = rng.integers(0, cfg.duration_us, total)
+    ev["p"] = rng.integers(0, 2, total)
+    return ev
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+def _assign_images(cfg: SynthConfig, digit_labels: np.ndarray) -> np.ndarray:
+    """Index into the digits for each recording, class-major: recording c*per_class + i."""
+    rng = np.random.default_rng([cfg.seed, 1 << 20])
+    picks = []
+    for c in range(len(CLASSES)):
+        pool = np.flatnonzero(digit_labels == c)
+        reps = -(-cfg.per_class // pool.size)
+        order = np.concatenate([rng.permutation(pool) for _ in range(reps)])
+        picks.append(order[: cfg.per_class])
+    return np.concatenate(picks)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def make_digits(out_dir: str | os.PathLike, cfg: SynthConfig | None = None) -> dict[str, Any]:
+    """Write the simulated digit recordings into ``out_dir``.
+
+    Returns {"out_dir", "n_recordings", "classes", "n_events", "sensor_size", "seconds"}.
+    Raises ConfigError on invalid settings or when ``out_dir`` exists and holds other files
+    than a previous synth output.
+    """
+    from dvsguard.progress import make_progress
+
+    cfg = cfg or SynthConfig()
+    cfg.validate()
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "synth.json").is_file():
+        raise ConfigError(f"{out}: folder is not empty and holds no synth.json; choose a new or empty folder")
+    start = time.perf_counter()
+    images, digit_labels = _load_digits()
+    picks = _assign_images(cfg, digit_labels)
+    labels = np.repeat(np.arange(len(CLASSES)), cfg.per_class)
+    for name in CLASSES:
+        (out / name).mkdir(parents=True, exist_ok=True)
+    rows: list[tuple[str, str]] = []
+    counts: list[int] = []
+    total = len(picks)
+    sensor = (cfg.size, cfg.size, 2)
+    with make_progress() as progress:
+        task = progress.add_task("simulating recordings", total=total)
+        for batch_index, lo in enumerate(range(0, total, _BATCH)):
+            hi = min(lo + _BATCH, total)
+            recs = _batch(cfg, images[picks[lo:hi]], labels[lo:hi], batch_index)
+            for k, ev in enumerate(recs):
+                i = lo + k
+                name = CLASSES[labels[i]]
+                rel = f"{name}/{name}_{i % cfg.per_class:04d}.npz"
+                write_npz(out / rel, ev, sensor)
+                rows.append((rel, name))
+                counts.append(len(ev))
+            progress.advance(task, hi - lo)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(("path", "label"))
+    writer.writerows(rows)
+    _atomic_text(out / "labels.csv", buf.getvalue())
+    meta = {"format": FORMAT, "config": asdict(cfg), "classes": list(CLASSES), "sensor_size": list(sensor)}
+    _atomic_text(out / "synth.json", json.dumps(meta, indent=2) + "\n")
+    seconds = time.perf_counter() - start
+    log.info("wrote %d recordings (%.0f events each on average) to %s in %.1f s", total, np.mean(counts), out, seconds)
+    return {
+        "out_dir": str(out),
+        "n_recordings": total,
+        "classes": list(CLASSES),
+        "n_events": int(np.sum(counts)),
+        "sensor_size": list(sensor),
+        "seconds": round(seconds, 2),
+    }
