@@ -1,0 +1,151 @@
+"""``dvsguard preprocess`` end to end on tiny folders: labels, 9:1 split, reuse, bad recordings, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dvsguard.data.cache import open_cache, split_path
+from dvsguard.data.dataset import FrameDataset
+from dvsguard.data.events import EVENT_DTYPE, write_npz
+from dvsguard.data.frames import FramingConfig
+from dvsguard.data.preprocess import list_folder, preprocess, read_labels
+from dvsguard.errors import ConfigError, RecordingError
+
+
+def write_recording(path: Path, seed: int, n: int = 500) -> Path:
+    rng = np.random.default_rng(seed)
+    ev = np.empty(n, dtype=EVENT_DTYPE)
+    ev["x"] = rng.integers(0, 40, n)
+    ev["y"] = rng.integers(0, 30, n)
+    ev["t"] = np.sort(rng.integers(0, 50_000, n))
+    ev["p"] = rng.integers(0, 2, n)
+    return write_npz(path, ev, (40, 30, 2))
+
+
+def class_folders(root: Path, per_class: int = 10, classes: tuple[str, ...] = ("cat", "dog")) -> Path:
+    for c, name in enumerate(classes):
+        for k in range(per_class):
+            sub = root / name / ("deep" if k % 3 == 0 else "")  # recursion below the class folder
+            write_recording(sub / f"{name}{k}.npz", seed=100 * c + k)
+    return root
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from dvsguard.cli import main; main()", *args],
+        capture_output=True, text=True, timeout=180, cwd=cwd,
+    )
+
+
+def test_cli_end_to_end_on_a_folder(tmp_path: Path) -> None:
+    src = class_folders(tmp_path / "tiny")
+    (src / "dog" / "broken.npz").write_bytes(b"\x00garbage\xff" * 20)
+    args = ("preprocess", "tiny", "--cache-dir", "cache", "--frames", "5", "--size", "24", "--count-cap", "7", "--json")
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["classes"] == ["cat", "dog"]
+    assert (out["n_train"], out["n_test"]) == (18, 2)  # 9:1 per class of the 10 good ones; 'broken' skipped
+    assert len(out["failed"]) == 1 and out["failed"][0]["file"].endswith("broken.npz")
+    assert sum("broken.npz" in line for line in proc.stderr.splitlines()) == 1
+    train, test = tmp_path / out["train"], tmp_path / out["test"]
+    assert train.parent == tmp_path / "cache" and train.name.startswith("tiny-train-")
+    info = open_cache(train)
+    assert (info.n_frames, info.height, info.width, info.count_cap) == (5, 24, 24, 7)
+    assert split_path(info, "test") == test and open_cache(test).n_samples == 2
+    x, y = FrameDataset(train)[0]
+    assert tuple(x.shape) == (5, 2, 24, 24)
+    with open_h5(test) as f:
+        test_sources = sorted(s.decode() for s in f["sources"][()])
+    assert len({s.split("/")[0] for s in test_sources}) == 2  # one test recording per class
+
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0
+    out2 = json.loads(again.stdout.strip().splitlines()[-1])
+    assert out2["reused"] and out2["train"] == out["train"]
+
+    other = preprocess(str(src), tmp_path / "cache", FramingConfig(n_frames=6, height=24, width=24), workers=1, progress=False)
+    assert other.train.name != train.name and not other.reused and other.n_train == 18
+
+
+def open_h5(path: Path):  # noqa: ANN201
+    import h5py
+
+    return h5py.File(path, "r")
+
+
+def test_cli_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad" / "x"
+    bad.mkdir(parents=True)
+    (bad / "a.npz").write_bytes(b"")
+    (bad / "b.npz").write_bytes(b"junk")
+    proc = run_cli("preprocess", "bad", "--cache-dir", "cache", cwd=tmp_path)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("dvsguard: error:") and "none of the 2 recordings could be read" in last
+    assert not list((tmp_path / "cache").glob("*.h5"))
+
+    proc = run_cli("preprocess", "nowhere", cwd=tmp_path)
+    assert proc.returncode == 1 and "no such folder" in proc.stderr
+    proc = run_cli("preprocess", "bad", "--mode", "space", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    proc = run_cli("preprocess", "bad", "--count-cap", "300", cwd=tmp_path)
+    assert proc.returncode == 2
+
+
+def test_labels_file_with_class_names(tmp_path: Path) -> None:
+    for i in range(6):
+        write_recording(tmp_path / "flat" / f"r{i}.npz", seed=i)
+    rows = ["path,label"] + [f"r{i}.npz,{'zebra' if i % 2 else 'ant'}" for i in range(6)]
+    (tmp_path / "flat" / "labels.csv").write_text("\n".join(rows) + "\n")
+    items, classes = list_folder(tmp_path / "flat")
+    assert classes == ["ant", "zebra"]
+    assert [(p.name, y) for p, y in items] == [(f"r{i}.npz", i % 2) for i in range(6)]
+
+
+def test_labels_file_with_indices_and_names(tmp_path: Path) -> None:
+    labels = tmp_path / "my.csv"
+    labels.write_text("file,class,label\na.npz,bee,1\nb.npz,ant,0\nc.npz,bee,1\n")
+    items, classes = read_labels(labels, tmp_path)
+    assert classes == ["ant", "bee"] and [y for _, y in items] == [1, 0, 1]
+    labels.write_text("file,label\na.npz,2\nb.npz,0\n")
+    with pytest.raises(ConfigError, match="0..K-1"):
+        read_labels(labels, tmp_path)
+    labels.write_text("name,colour\na.npz,red\n")
+    with pytest.raises(ConfigError, match="path column"):
+        read_labels(labels, tmp_path)
+
+
+def test_listed_but_missing_recording_is_reported_not_fatal(tmp_path: Path) -> None:
+    src = class_folders(tmp_path / "src", per_class=4)
+    rows = ["path,label"] + [f"{p.relative_to(src)},{p.relative_to(src).parts[0]}" for p in sorted(src.rglob("*.npz"))]
+    rows.append("cat/ghost.npz,cat")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("\n".join(rows) + "\n")
+    result = preprocess(str(src), tmp_path / "cache", labels_file=labels, workers=1, progress=False)
+    assert result.n_train + result.n_test == 8
+    assert [Path(f).name for f, _ in result.failed] == ["ghost.npz"]
+
+
+def test_loose_files_need_a_labels_file(tmp_path: Path) -> None:
+    write_recording(tmp_path / "loose" / "a.npz", seed=0)
+    with pytest.raises(ConfigError, match="outside class sub-folders"):
+        list_folder(tmp_path / "loose")
+    with pytest.raises(RecordingError, match="no recordings"):
+        list_folder((tmp_path / "empty").mkdir() or tmp_path / "empty")
+
+
+def test_cache_folder_inside_the_source_is_not_read_as_recordings(tmp_path: Path) -> None:
+    src = class_folders(tmp_path / "src", per_class=3)
+    first = preprocess(str(src), src / "cache", workers=1, progress=False)
+    assert first.classes == ["cat", "dog"]
+    items, classes = list_folder(src, exclude=src / "cache")
+    assert classes == ["cat", "dog"] and len(items) == 6
+    again = preprocess(str(src), src / "cache", workers=1, progress=False)
+    assert again.reused and again.train == first.train
