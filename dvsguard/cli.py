@@ -205,12 +205,13 @@ def synth(
     seed: int = typer.Option(0, "--seed", help="Seed of every random choice (same seed, same files)."),
     size: int = typer.Option(48, "--size", min=16, max=512, help="Sensor width and height in pixels."),
     noise: float = typer.Option(2.0, "--noise", min=0.0, help="Background-activity noise, events per pixel per second."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Processes simulating recordings (the files do not depend on it)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Simulate a DVS watching handwritten digits move in saccades: .npz recordings + labels.csv."""
     from dvsguard.data.synth import SynthConfig, make_digits
 
-    result = make_digits(out_dir, SynthConfig(per_class=per_class, seed=seed, size=size, noise=noise))
+    result = make_digits(out_dir, SynthConfig(per_class=per_class, seed=seed, size=size, noise=noise), workers=workers)
     _emit(
         result,
         as_json,

@@ -25,13 +25,18 @@ with its own generator seeded by (seed, batch index).
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import importlib.util
 import io
 import json
 import logging
+import multiprocessing
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -151,10 +156,26 @@ def dvs_events(
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
+    """scikit-learn's 1797 handwritten digits: images [N, 8, 8] float32 in [0, 1], labels [N].
 
-    digits = load_digits()
-    return (digits.images / 16.0).astype(np.float32), digits.target.astype(np.int64)
+    Read straight from the data file scikit-learn ships (importing sklearn.datasets takes
+    seconds); falls back to ``sklearn.datasets.load_digits`` where that file is elsewhere.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or spec.origin is None:
+        raise ConfigError("synth: scikit-learn is not installed (its handwritten digits are the images)")
+    data_file = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+    try:
+        table = np.loadtxt(data_file, delimiter=",", dtype=np.float32)
+        images, target = table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+    except (OSError, ValueError):
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images, target = digits.images.astype(np.float32), digits.target.astype(np.int64)
+    if images.shape[1:] != (8, 8) or images.shape[0] != target.shape[0] or len(np.unique(target)) != 10:
+        raise ConfigError(f"synth: unexpected digits data in {data_file}")
+    return images / 16.0, target
 
 
 def _render(image: np.ndarray, canvas: int, scale: float, angle: float, offset: np.ndarray) -> np.ndarray:
@@ -207,9 +228,7 @@ def _windows(padded: np.ndarray, path: np.ndarray, margin: int, size: int) -> np
     )
 
 
-def _batch(
-    cfg: SynthConfig, images: np.ndarray, labels: np.ndarray, batch_index: int
-) -> list[np.ndarray]:
+def _batch(cfg: SynthConfig, images: np.ndarray, batch_index: int) -> list[np.ndarray]:
     """Simulate one batch of recordings; returns their EVENT_DTYPE arrays (sorted by t)."""
     rng = np.random.default_rng([cfg.seed, batch_index])
     n, size, steps = len(images), cfg.size, cfg.n_steps
@@ -295,8 +314,15 @@ def _atomic_text(path: Path, text: str) -> None:
         raise
 
 
-def make_digits(out_dir: str | os.PathLike, cfg: SynthConfig | None = None) -> dict[str, Any]:
-    """Write the simulated digit recordings into ``out_dir``.
+def _simulate_batch(job: tuple[SynthConfig, np.ndarray, int]) -> list[np.ndarray]:
+    """Worker entry: one batch of recordings (module level so that process pools can pickle it)."""
+    return _batch(*job)
+
+
+def make_digits(out_dir: str | os.PathLike, cfg: SynthConfig | None = None, workers: int = 1) -> dict[str, Any]:
+    """Write the simulated digit recordings into ``out_dir``, simulating batches in ``workers`` processes.
+
+    The files do not depend on ``workers``: each batch of recordings has its own generator.
 
     Returns {"out_dir", "n_recordings", "classes", "n_events", "sensor_size", "seconds"}.
     Raises ConfigError on invalid settings or when ``out_dir`` exists and holds other files
@@ -321,11 +347,20 @@ def make_digits(out_dir: str | os.PathLike, cfg: SynthConfig | None = None) -> d
     counts: list[int] = []
     total = len(picks)
     sensor = (cfg.size, cfg.size, 2)
-    with make_progress() as progress:
+    starts = list(range(0, total, _BATCH))
+    jobs = [(cfg, images[picks[lo:lo + _BATCH]], k) for k, lo in enumerate(starts)]
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and len(jobs) > 1:
+            pool = stack.enter_context(
+                ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"))
+            )
+            results: Iterator[list[np.ndarray]] = pool.map(_simulate_batch, jobs)
+        else:
+            results = map(_simulate_batch, jobs)
+        progress = stack.enter_context(make_progress())
         task = progress.add_task("simulating recordings", total=total)
-        for batch_index, lo in enumerate(range(0, total, _BATCH)):
-            hi = min(lo + _BATCH, total)
-            recs = _batch(cfg, images[picks[lo:hi]], labels[lo:hi], batch_index)
+        for lo, recs in zip(starts, results):
+            hi = lo + len(recs)
             for k, ev in enumerate(recs):
                 i = lo + k
                 name = CLASSES[labels[i]]
@@ -334,6 +369,10 @@ def make_digits(out_dir: str | os.PathLike, cfg: SynthConfig | None = None) -> d
                 rows.append((rel, name))
                 counts.append(len(ev))
             progress.advance(task, hi - lo)
+    written = {out / rel for rel, _ in rows}
+    for stale in sorted(out.glob("digit*/*.npz")):  # recordings of an earlier, larger run
+        if stale not in written:
+            stale.unlink()
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(("path", "label"))
