@@ -84,6 +84,28 @@ def version(as_json: bool = JsonOpt) -> None:
 
 
 @app.command()
+def synth(
+    out_dir: Path = typer.Argument(..., help="Folder to write the recordings into (new, empty, or a previous synth output)."),
+    per_class: int = typer.Option(200, "--per-class", min=1, help="Recordings per class (10 digit classes)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every random choice (same seed, same files)."),
+    size: int = typer.Option(48, "--size", min=16, max=512, help="Sensor width and height in pixels."),
+    noise: float = typer.Option(2.0, "--noise", min=0.0, help="Background-activity noise, events per pixel per second."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Processes simulating recordings (the files do not depend on it)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Simulate a DVS watching handwritten digits move in saccades: .npz recordings + labels.csv."""
+    from dvsguard.data.synth import SynthConfig, make_digits
+
+    result = make_digits(out_dir, SynthConfig(per_class=per_class, seed=seed, size=size, noise=noise), workers=workers)
+    _emit(
+        result,
+        as_json,
+        lambda r: f"wrote {r['n_recordings']} recordings ({r['n_events']} events) of {len(r['classes'])} classes "
+        f"to {r['out_dir']} in {r['seconds']:.1f} s",
+    )
+
+
+@app.command()
 def preprocess(
     source: str = typer.Argument(..., help="'cifar10dvs', or a folder of recordings (labels.csv or class sub-folders)."),
     cache_dir: Path = typer.Option(Path("data_cache"), "--cache-dir", help="Folder of the frame caches."),
@@ -199,28 +221,6 @@ def attack(
 
 
 @app.command()
-def synth(
-    out_dir: Path = typer.Argument(..., help="Folder to write the recordings into (new, empty, or a previous synth output)."),
-    per_class: int = typer.Option(200, "--per-class", min=1, help="Recordings per class (10 digit classes)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of every random choice (same seed, same files)."),
-    size: int = typer.Option(48, "--size", min=16, max=512, help="Sensor width and height in pixels."),
-    noise: float = typer.Option(2.0, "--noise", min=0.0, help="Background-activity noise, events per pixel per second."),
-    workers: int = typer.Option(2, "--workers", min=1, help="Processes simulating recordings (the files do not depend on it)."),
-    as_json: bool = JsonOpt,
-) -> None:
-    """Simulate a DVS watching handwritten digits move in saccades: .npz recordings + labels.csv."""
-    from dvsguard.data.synth import SynthConfig, make_digits
-
-    result = make_digits(out_dir, SynthConfig(per_class=per_class, seed=seed, size=size, noise=noise), workers=workers)
-    _emit(
-        result,
-        as_json,
-        lambda r: f"wrote {r['n_recordings']} recordings ({r['n_events']} events) of {len(r['classes'])} classes "
-        f"to {r['out_dir']} in {r['seconds']:.1f} s",
-    )
-
-
-@app.command()
 def run(
     pipeline: Path = typer.Argument(..., help="Pipeline file (TOML), e.g. pipelines/quickstart.toml."),
     from_stage: str = typer.Option(None, "--from", help="Rerun from this stage (or group: data, train, attack, ...) on."),
@@ -244,3 +244,160 @@ def run(
         return
     result = run_pipeline(cfg, start=from_stage, only=only)
     _emit(result, as_json, lambda r: "\n".join(f"{k:<22} {v}" for k, v in r["stages"].items()) + f"\nrun folder: {r['run_dir']}")
+
+
+@app.command()
+def analyze(
+    checkpoints: list[Path] = typer.Argument(..., help="Checkpoints (.pt); several are compared in every figure."),
+    cache: Path = typer.Option(..., "--cache", help="Frame cache (.h5) of any split; --split picks its sibling."),
+    split: str = typer.Option("test", "--split", help="Split analysed."),
+    out: Path = typer.Option(None, "--out", help="Output folder (default: analysis/ beside the first checkpoint)."),
+    limit: int = typer.Option(256, "--limit", min=0, help="Samples analysed: a seeded random subset (0: all)."),
+    eps: str = typer.Option(None, "--eps", help="ε list of the random-vs-FGSM curves, e.g. 0,4/255,16/255 (default 0 to 64/255)."),
+    theory_eps: str = typer.Option("2/255", "--theory-eps", help="Small ε of the measured ρ_adv/ρ_rand (Theorem 4.3)."),
+    mc_draws: int = typer.Option(32, "--mc-draws", min=1, help="Uniform draws per sample for ρ_rand."),
+    adv_steps: int = typer.Option(5, "--adv-steps", min=0, help="Sign-gradient ascent steps per start for ρ_adv."),
+    fd_steps: str = typer.Option("0.001,0.01,0.1", "--fd-steps", help="Finite-difference steps h (Proposition 4.4)."),
+    pgd_eps: str = typer.Option("8/255", "--pgd-eps", help="ε of the PGD accuracy (λ sweep)."),
+    pgd_steps: int = typer.Option(10, "--pgd-steps", min=1, help="Steps of that PGD attack."),
+    batch: int = typer.Option(32, "--batch", min=1, help="Samples per forward pass."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sample subset and of every random draw."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """The paper's measurements on checkpoints: random vs FGSM accuracy, Theorem 4.3, Prop. 4.4, sparsity, heatmaps, λ sweep."""
+    from dvsguard.analyze.analysis import AnalysisSettings, DEFAULT_EPS, parse_eps_list
+    from dvsguard.analyze.analysis import analyze as run_analyze
+
+    settings = AnalysisSettings(
+        eps=parse_eps_list(eps) if eps else DEFAULT_EPS,
+        theory_eps=parse_eps_list(theory_eps, "--theory-eps")[0],
+        mc_draws=mc_draws,
+        adv_steps=adv_steps,
+        fd_steps=parse_eps_list(fd_steps, "--fd-steps"),
+        pgd_eps=parse_eps_list(pgd_eps, "--pgd-eps")[0],
+        pgd_steps=pgd_steps,
+        batch=batch,
+        limit=limit or None,
+    )
+    result = run_analyze(checkpoints, cache, split=split, out_dir=out, settings=settings, seed=seed)
+
+    def num(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.4g}"
+
+    _emit(
+        result,
+        as_json,
+        lambda r: "\n".join(
+            f"{name:<20} clean {num(m['clean_acc'])}%  PGD {num(m['pgd_acc'])}%  mean ‖g‖₁ {num(m['mean_l1'])}  "
+            f"‖g‖₂ {num(m['mean_l2'])}  median ρ_adv/ρ_rand predicted {num(m['median_ratio_pred'])} "
+            f"measured {num(m['median_ratio_emp'])}"
+            for name, m in r["models"].items()
+        ) + f"\nwritten to {r['out_dir']}",
+    )
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A pipeline run folder (or a single training run folder)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """One self-contained HTML page (report.html, images embedded) and report.md of a run."""
+    from dvsguard.analyze.report import build_report
+
+    result = build_report(run_dir)
+    _emit(result, as_json, lambda r: f"report: {r['html']}\nmarkdown: {r['markdown']}\nsections: {', '.join(r['sections'])}")
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Path = typer.Argument(..., help="Trained checkpoint (.pt)."),
+    out: Path = typer.Option(Path("export"), "--out", help="Folder for NAME.net (netx HDF5) and NAME.json (manifest)."),
+    name: str = typer.Option(None, "--name", help="File name stem (default: from the checkpoint's path)."),
+    verify: int = typer.Option(0, "--verify", min=0, help="Run N test samples in Lava; compare with the integer simulator and PyTorch."),
+    compare: bool = typer.Option(False, "--compare", help="Score the test split with the integer simulator against PyTorch."),
+    limit: int = typer.Option(None, "--limit", min=1, help="--compare on the first N test samples only."),
+    cache: Path = typer.Option(None, "--cache", help="Frame cache (.h5, any split; its test sibling is used) for --verify/--compare (default: the checkpoint's)."),
+    build_lava: bool = typer.Option(False, "--build-lava", help="Build .lava-env (scripts/lava_env.sh) if it is missing."),
+    timeout: float = typer.Option(None, "--timeout", min=1, help="Stop the Lava run after this many seconds."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Export to lava-dl netx for Loihi 2 (integer weights, folded BN and pooling) with a resource table."""
+    from dvsguard.export.exporter import compare_export, export_checkpoint, test_split_path, verify_export
+
+    result, model, payload = export_checkpoint(checkpoint, out, name)
+    report: dict[str, Any] = {
+        "net": str(result.net_path),
+        "manifest": str(result.manifest_path),
+        "fits_chip": result.manifest["resources"]["fits_chip"],
+        "resources": result.manifest["resources"]["totals"],
+        "time_steps": result.manifest["time_steps"],
+        "lag": result.manifest["lag"],
+        "warnings": result.manifest["warnings"],
+    }
+    if not as_json:
+        typer.echo(result.table)
+    if compare or verify:
+        test_path = test_split_path(payload, cache)
+        if compare:
+            report["compare"] = compare_export(model, result.net_path, test_path, max_samples=limit)
+        if verify:
+            report["verify"] = verify_export(model, result.net_path, test_path, verify, timeout=timeout, build=build_lava)
+
+    def human(r: dict[str, Any]) -> str:
+        lines = [f"netx: {r['net']}", f"manifest: {r['manifest']}"]
+        lines += [f"warning: {w}" for w in r["warnings"]]
+        if "compare" in r:
+            c = r["compare"]
+            lines.append(
+                f"integer simulator vs PyTorch on {c['n']} test samples: agreement {c['agreement']:.4f}, "
+                f"accuracy {c['accuracy_int']:.4f} (PyTorch {c['accuracy_float']:.4f}), "
+                f"mean |logit error| {c['logit_mean_abs_error']:.4g}"
+            )
+        if "verify" in r:
+            v = r["verify"]
+            lines.append(
+                f"Lava vs integer simulator on {v['n']} samples: "
+                + ("identical (every spike, every layer, read-out voltages)" if v["identical"] else "DIFFERENT")
+                + f"; Lava vs PyTorch agreement {v['agreement_torch']:.4f}; {v['lava_wall_seconds']:.0f} s"
+            )
+        return "\n".join(lines)
+
+    _emit(report, as_json, human)
+    if verify and not report["verify"]["identical"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def predict(
+    folder: Path = typer.Argument(..., help="Folder of recordings (searched recursively, any known format)."),
+    model: Path = typer.Option(..., "--model", help="Trained checkpoint (.pt); its framing is used."),
+    out: Path = typer.Option(Path("predictions.csv"), "--out", help="Output rows: .csv or .jsonl."),
+    labels: str = typer.Option(None, "--labels", help="Labels CSV (path,class) or 'folders' (sub-folder names): adds accuracy."),
+    attack: str = typer.Option(None, "--attack", help="Attack name (fgsm, pgd10, apgd, ...): adds robust accuracy."),
+    eps: str = typer.Option(None, "--eps", help="Attack radius in frame units, e.g. 8/255."),
+    netx: Path = typer.Option(None, "--netx", help="Predict with this exported netx network in Lava's simulator."),
+    batch: int = typer.Option(32, "--batch", min=1),
+    workers: int = typer.Option(2, "--workers", min=0, help="Reader/framing processes."),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Classify every recording under FOLDER; exit 1 if any file failed."""
+    from dvsguard.pipeline.config import parse_eps
+    from dvsguard.pipeline.predict import predict as run_predict
+
+    eps_value = parse_eps(eps, "--eps") if eps is not None else None
+    result = run_predict(folder, model, out, labels=labels, attack=attack, eps=eps_value, netx=netx,
+                         batch_size=batch, workers=workers, seed=seed)
+
+    def human(r: dict[str, Any]) -> str:
+        lines = [f"{r['n_files']} files, {r['n_failed']} failed → {r['out']}"]
+        if r["accuracy"] is not None:
+            lines.append(f"accuracy {r['accuracy']:.4f}")
+        if r["robust_accuracy"] is not None:
+            lines.append(f"robust accuracy ({r['attack']}, ε={r['eps']:.5g}) {r['robust_accuracy']:.4f}")
+        lines += [f"failed: {f['error']}" for f in r["failed"]]
+        return "\n".join(lines)
+
+    _emit(result.to_json(), as_json, human)
+    if result.n_failed:
+        raise typer.Exit(1)

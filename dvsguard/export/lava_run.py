@@ -5,6 +5,9 @@ it imports only numpy, h5py and lava, never dvsguard. The main environment start
 subprocess with file paths::
 
     .lava-env/bin/python lava_run.py --net NET --inputs IN.npz --out OUT.npz [--probe]
+    .lava-env/bin/python lava_run.py --job NET IN.npz OUT.npz --job NET2 IN2.npz OUT2.npz [--probe]
+
+(several jobs share one interpreter start-up, which is most of a small run's time).
 
 IN.npz holds ``frames``: int ``[N, T, C, H, W]`` (or ``[N, T, n]``), the graded input
 events of N samples. The samples are fed back to back through an ``io.source.RingBuffer``
@@ -106,22 +109,32 @@ def run(net_path: str, frames: np.ndarray, time_steps: int, input_bits: int, pro
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--net", required=True, help="netx HDF5 file")
-    parser.add_argument("--inputs", required=True, help=".npz with frames [N, T, ...] (int)")
-    parser.add_argument("--out", required=True, help=".npz to write")
+    parser.add_argument("--net", help="netx HDF5 file")
+    parser.add_argument("--inputs", help=".npz with frames [N, T, ...] (int)")
+    parser.add_argument("--out", help=".npz to write")
+    parser.add_argument("--job", nargs=3, action="append", default=[], metavar=("NET", "INPUTS", "OUT"), help="one run (repeatable)")
     parser.add_argument("--time-steps", type=int, default=None, help="T (default: the file's time_steps attribute)")
     parser.add_argument("--input-bits", type=int, default=None, help="graded input bits (default: the file's input_bits)")
     parser.add_argument("--probe", action="store_true", help="record the spikes of every layer")
     args = parser.parse_args(argv)
-    with h5py.File(args.net, "r") as f:
-        attrs = dict(f.attrs)
-    with np.load(args.inputs) as z:
-        frames = np.asarray(z["frames"])
-    time_steps = args.time_steps if args.time_steps is not None else int(attrs.get("time_steps", frames.shape[1]))
-    input_bits = args.input_bits if args.input_bits is not None else int(attrs.get("input_bits", 0))
-    result = run(args.net, frames, time_steps, input_bits, args.probe)
-    _save(args.out, **result)
-    summary = {"samples": int(frames.shape[0]), "steps": int(result["steps"]), "seconds": float(result["seconds"]), "out": args.out}
+    jobs = [tuple(j) for j in args.job]
+    if args.net or args.inputs or args.out:
+        if not (args.net and args.inputs and args.out):
+            parser.error("--net, --inputs and --out go together")
+        jobs.append((args.net, args.inputs, args.out))
+    if not jobs:
+        parser.error("nothing to run: give --net/--inputs/--out or --job")
+    summary = []
+    for net_path, inputs, out in jobs:
+        with h5py.File(net_path, "r") as f:
+            attrs = dict(f.attrs)
+        with np.load(inputs) as z:
+            frames = np.asarray(z["frames"])
+        time_steps = args.time_steps if args.time_steps is not None else int(attrs.get("time_steps", frames.shape[1]))
+        input_bits = args.input_bits if args.input_bits is not None else int(attrs.get("input_bits", 0))
+        result = run(net_path, frames, time_steps, input_bits, args.probe)
+        _save(out, **result)
+        summary.append({"samples": int(frames.shape[0]), "steps": int(result["steps"]), "seconds": float(result["seconds"]), "out": out})
     print(json.dumps(summary))
     return 0
 

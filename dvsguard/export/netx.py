@@ -64,44 +64,49 @@ SYNAPTIC_BYTES_PER_CORE = 128 * 1024
 # --------------------------------------------------------------------------- writers
 
 
+def _ds(group: h5py.Group, name: str, data: Any) -> None:
+    """A dataset without time stamps, so the same network always gives the same bytes."""
+    group.create_dataset(name, data=data, track_times=False)
+
+
 def _type(group: h5py.Group, name: str) -> None:
-    group.create_dataset("type", data=np.array([name.encode("ascii")], dtype=f"S{len(name)}"))
+    _ds(group, "type", np.array([name.encode("ascii")], dtype=f"S{len(name)}"))
 
 
 def _neuron(group: h5py.Group, layer: QLayer) -> None:
     n = group.create_group("neuron")
     _type(n, "CUBA")
-    n.create_dataset("iDecay", data=np.int64(I_DECAY_IF))
-    n.create_dataset("vDecay", data=np.int64(V_DECAY_IF))
-    n.create_dataset("vThMant", data=np.int64(layer.vth))
-    n.create_dataset("refDelay", data=np.int64(1))
-    n.create_dataset("gradedSpike", data=np.bool_(False))
+    _ds(n, "iDecay", np.int64(I_DECAY_IF))
+    _ds(n, "vDecay", np.int64(V_DECAY_IF))
+    _ds(n, "vThMant", np.int64(layer.vth))
+    _ds(n, "refDelay", np.int64(1))
+    _ds(n, "gradedSpike", np.bool_(False))
 
 
 def write_input(group: h5py.Group, net: QuantizedNet, layer: QLayer | None) -> None:
     """``input`` layer: the frame shape (C, H, W) only."""
     _type(group, "input")
-    group.create_dataset("shape", data=np.asarray(net.input_shape, dtype=np.int64))
+    _ds(group, "shape", np.asarray(net.input_shape, dtype=np.int64))
 
 
 def write_flatten(group: h5py.Group, net: QuantizedNet, layer: QLayer | None) -> None:
     """``flatten`` marker before a dense layer that reads a (C, H, W) map."""
     _type(group, "flatten")
     if layer is not None:
-        group.create_dataset("shape", data=np.asarray(layer.in_shape, dtype=np.int64))
+        _ds(group, "shape", np.asarray(layer.in_shape, dtype=np.int64))
 
 
 def write_conv(group: h5py.Group, net: QuantizedNet, layer: QLayer | None) -> None:
     """``conv`` layer with a CUBA neuron."""
     assert layer is not None
     _type(group, "conv")
-    group.create_dataset("shape", data=np.asarray(layer.out_shape, dtype=np.int64))
-    group.create_dataset("weight", data=layer.weight.astype(np.int16))
-    group.create_dataset("bias", data=layer.bias.astype(np.int16))
-    group.create_dataset("stride", data=np.asarray(layer.stride, dtype=np.int64))
-    group.create_dataset("padding", data=np.asarray(layer.padding, dtype=np.int64))
-    group.create_dataset("dilation", data=np.asarray((1, 1), dtype=np.int64))
-    group.create_dataset("groups", data=np.int64(1))
+    _ds(group, "shape", np.asarray(layer.out_shape, dtype=np.int64))
+    _ds(group, "weight", layer.weight.astype(np.int16))
+    _ds(group, "bias", layer.bias.astype(np.int16))
+    _ds(group, "stride", np.asarray(layer.stride, dtype=np.int64))
+    _ds(group, "padding", np.asarray(layer.padding, dtype=np.int64))
+    _ds(group, "dilation", np.asarray((1, 1), dtype=np.int64))
+    _ds(group, "groups", np.int64(1))
     _neuron(group, layer)
 
 
@@ -109,9 +114,9 @@ def write_dense(group: h5py.Group, net: QuantizedNet, layer: QLayer | None) -> N
     """``dense`` layer with a CUBA neuron."""
     assert layer is not None
     _type(group, "dense")
-    group.create_dataset("shape", data=np.asarray(layer.out_shape, dtype=np.int64))
-    group.create_dataset("weight", data=layer.weight.astype(np.int16))
-    group.create_dataset("bias", data=layer.bias.astype(np.int16))
+    _ds(group, "shape", np.asarray(layer.out_shape, dtype=np.int64))
+    _ds(group, "weight", layer.weight.astype(np.int16))
+    _ds(group, "bias", layer.bias.astype(np.int16))
     _neuron(group, layer)
 
 
@@ -166,7 +171,7 @@ def write_netx(net: QuantizedNet, path: str | os.PathLike[str]) -> Path:
             f.attrs["reset_offset"] = 1
             f.attrs["lag"] = net.lag
             f.attrs["output_scale"] = net.output_scale
-            root = f.create_group("layer")
+            root = f.create_group("layer", track_order=True)
             for i, (kind, layer) in enumerate(netx_entries(net)):
                 WRITERS[kind](root.create_group(str(i)), net, layer)
 
