@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from dvsguard.data.cache import CacheInfo, open_cache
+from dvsguard.data.frames import frames_to_float
 from dvsguard.errors import CacheError
 
 CROP_PADDING = 4  # pixels of zero padding before the random crop
@@ -95,7 +96,8 @@ class FrameDataset(Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         frames = self._open()[int(index) % len(self)]
-        x = torch.from_numpy(frames).to(torch.float32).mul_(self.scale)
+        # scaled in numpy: a per-sample torch op would wake torch's thread pool for 46k elements
+        x = torch.from_numpy(frames_to_float(frames, self.info.count_cap))
         if self.augment:
             assert self._generator is not None
             x = augment_frames(x, self._generator)
