@@ -378,7 +378,10 @@ def build_cache(
     siblings = {k: Path(v).name for k, v in (siblings or {split: path}).items()}
     siblings.setdefault(split, path.name)
     if path.exists():
-        info = open_cache(path)
+        try:
+            info = open_cache(path)
+        except CacheError as exc:
+            raise CacheError(f"{exc}; remove it to rebuild") from None
         if info.key != key:
             raise CacheError(f"{path}: holds a cache of other inputs (key {info.key}, expected {key}); remove it")
         return BuildResult(path, info.n_samples, 0, 0, list(info.failed), time.perf_counter() - start, reused=True)

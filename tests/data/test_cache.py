@@ -270,6 +270,13 @@ def test_damaged_cache_is_detected(good_cache: Path, damage, message: str) -> No
     assert str(good_cache) in str(err.value)
 
 
+def test_damaged_finished_cache_is_not_reused(good_cache: Path, items: list[tuple[Path, int]]) -> None:
+    data = good_cache.read_bytes()
+    good_cache.write_bytes(data[: len(data) // 3])
+    with pytest.raises(CacheError, match="remove it to rebuild"):
+        build(good_cache, items)
+
+
 def test_verify_cache_finds_altered_frames(good_cache: Path) -> None:
     with h5py.File(good_cache, "r+") as f:
         f["frames"][5] = 0
