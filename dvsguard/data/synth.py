@@ -365,7 +365,7 @@ def make_digits(out_dir: str | os.PathLike, cfg: SynthConfig | None = None, work
                 i = lo + k
                 name = CLASSES[labels[i]]
                 rel = f"{name}/{name}_{i % cfg.per_class:04d}.npz"
-                write_npz(out / rel, ev, sensor)
+                write_npz(out / rel, ev, sensor, compress=True)
                 rows.append((rel, name))
                 counts.append(len(ev))
             progress.advance(task, hi - lo)

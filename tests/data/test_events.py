@@ -34,9 +34,10 @@ def assert_same_events(got: np.ndarray, want: np.ndarray) -> None:
 # ----------------------------------------------------------------------------- numpy
 
 
-def test_npz_round_trip_keeps_events_and_sensor_size(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compress", [False, True])
+def test_npz_round_trip_keeps_events_and_sensor_size(tmp_path: Path, compress: bool) -> None:
     ev = make_events()
-    write_npz(tmp_path / "a.npz", ev, (64, 48, 2))
+    write_npz(tmp_path / "a.npz", ev, (64, 48, 2), compress=compress)
     rec = read_events(tmp_path / "a.npz")
     assert isinstance(rec, Recording)
     assert rec.sensor_size == (64, 48, 2)
