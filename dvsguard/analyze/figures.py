@@ -1,0 +1,281 @@
+"""The analysis figures as matplotlib ``Figure`` objects built from plain numbers.
+
+Every function takes the same numbers that go into ``analysis.json`` (lists and dicts), returns
+a ``matplotlib.figure.Figure`` (object API with the Agg canvas: no pyplot, no global state, no
+display needed) and leaves saving to :func:`save_png`. matplotlib is imported only here, lazily.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _colors(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
+
+
+def save_png(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    """Render ``fig`` to PNG and write it atomically."""
+    from dvsguard.analyze.files import write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return write_bytes(path, buf.getvalue())
+
+
+def _empty_note(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=9, color="0.35", wrap=True)
+
+
+def _finite_positive(*arrays: Sequence[float]) -> np.ndarray:
+    """Mask of entries finite and > 0 in every array."""
+    mask = np.ones(len(arrays[0]), dtype=bool)
+    for a in arrays:
+        v = np.asarray(a, dtype=float)
+        mask &= np.isfinite(v) & (v > 0)
+    return mask
+
+
+def _log_axes(ax: Any, x: bool = True, y: bool = True) -> None:
+    """Log scale on the chosen axes."""
+    if x:
+        ax.set_xscale("log")
+    if y:
+        ax.set_yscale("log")
+
+
+def _diagonal(ax: Any, xs: np.ndarray, ys: np.ndarray, label: str = "y = x") -> None:
+    if xs.size == 0:
+        return
+    lo = float(min(xs.min(), ys.min()))
+    hi = float(max(xs.max(), ys.max()))
+    ax.plot([lo, hi], [lo, hi], color="0.4", linestyle="--", linewidth=1, label=label)
+
+
+def vulnerability_figure(curves: Mapping[str, Mapping[str, Sequence[float]]]) -> Figure:
+    """Fig. 1: accuracy (%) against ε under uniform random noise (dashed) and FGSM (solid).
+
+    ``curves[model] = {"eps": [...], "random": [...], "fgsm": [...]}`` (accuracies in %).
+    """
+    fig = _figure(6.4, 4.2)
+    ax = fig.add_subplot()
+    for color, (name, c) in zip(_colors(len(curves)), curves.items()):
+        ax.plot(c["eps"], c["random"], color=color, linestyle="--", marker="o", label=f"{name}: random")
+        ax.plot(c["eps"], c["fgsm"], color=color, linestyle="-", marker="s", label=f"{name}: FGSM")
+    ax.set_xlabel("ε (frame units)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title("Random vs adversarial perturbation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def theorem_figure(models: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """Theorem 4.3 measured: three log-log scatters per model (one colour per model).
+
+    ``models[name]`` holds per-sample lists ``ratio_pred`` (3‖g‖₁²/‖g‖₂²), ``ratio_emp``
+    (ρ_adv/ρ_rand), ``rho_rand``, ``rho_rand_taylor`` (ε²‖g‖₂²/3), ``rho_adv``,
+    ``rho_adv_taylor`` (ε²‖g‖₁²) and ``eps``. Non-positive or non-finite points are not drawn.
+    """
+    fig = _figure(15, 4.6)
+    axes = fig.subplots(1, 3)
+    panels = (
+        ("ratio_pred", "ratio_emp", "predicted 3‖g‖₁²/‖g‖₂²", "measured ρ_adv/ρ_rand", "Theorem 4.3: vulnerability ratio"),
+        ("rho_rand_taylor", "rho_rand", "Taylor ε²‖g‖₂²/3", "measured ρ_rand", "Random vulnerability"),
+        ("rho_adv_taylor", "rho_adv", "Taylor ε²‖g‖₁²", "measured ρ_adv", "Adversarial vulnerability"),
+    )
+    for ax, (kx, ky, xl, yl, title) in zip(axes, panels):
+        all_x, all_y = [], []
+        for color, (name, m) in zip(_colors(len(models)), models.items()):
+            ok = _finite_positive(m[kx], m[ky])
+            xs = np.asarray(m[kx], dtype=float)[ok]
+            ys = np.asarray(m[ky], dtype=float)[ok]
+            ax.scatter(xs, ys, s=10, alpha=0.6, color=color, label=f"{name} (n={int(ok.sum())})")
+            all_x.append(xs)
+            all_y.append(ys)
+        xs = np.concatenate(all_x) if all_x else np.zeros(0)
+        ys = np.concatenate(all_y) if all_y else np.zeros(0)
+        _diagonal(ax, xs, ys)
+        if xs.size:
+            _log_axes(ax)
+        else:
+            _empty_note(ax, "no sample with both values > 0\n(f_y did not change within ε: spikes are discrete)")
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
+        ax.set_title(title)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    return fig
+
+
+def finite_difference_figure(models: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """Proposition 4.4: |f_y(x+h·d) − f_y(x)|/h against ‖g‖₁, one panel per model, one colour per h.
+
+    ``models[name] = {"l1": [...], "fd": {h_str: [...]}}`` (per-sample lists).
+    """
+    n = max(len(models), 1)
+    fig = _figure(5.0 * n, 4.4)
+    axes = np.atleast_1d(fig.subplots(1, n))
+    for ax, (name, m) in zip(axes, models.items()):
+        l1 = np.asarray(m["l1"], dtype=float)
+        all_x, all_y = [], []
+        for color, (h, fd) in zip(_colors(len(m["fd"])), m["fd"].items()):
+            fd = np.asarray(fd, dtype=float)
+            ok = _finite_positive(l1, fd)
+            ax.scatter(l1[ok], fd[ok], s=10, alpha=0.6, color=color, label=f"h = {h}")
+            all_x.append(l1[ok])
+            all_y.append(fd[ok])
+        xs = np.concatenate(all_x) if all_x else np.zeros(0)
+        ys = np.concatenate(all_y) if all_y else np.zeros(0)
+        _diagonal(ax, xs, ys)
+        if xs.size:
+            _log_axes(ax)
+        else:
+            _empty_note(ax, "no sample with both values > 0")
+        ax.set_xlabel("‖∇ₓ f_y‖₁ (surrogate gradient)")
+        ax.set_ylabel("|f_y(x + h·d) − f_y(x)| / h")
+        ax.set_title(f"Proposition 4.4: {name}")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    return fig
+
+
+def sparsity_figure(hists: Mapping[str, Mapping[str, Sequence[float]]]) -> Figure:
+    """Fig. 4: normalised distribution of the gradient components, one line per model.
+
+    ``hists[name] = {"edges": [n+1], "density": [n]}``: a histogram of ``g_i / max_j |g_j|``
+    (per sample) pooled over samples, as a probability density.
+    """
+    fig = _figure(6.4, 4.2)
+    ax = fig.add_subplot()
+    for color, (name, h) in zip(_colors(len(hists)), hists.items()):
+        edges = np.asarray(h["edges"], dtype=float)
+        dens = np.asarray(h["density"], dtype=float)
+        ax.stairs(dens, edges, color=color, label=name, linewidth=1.5)
+    _log_axes(ax, x=False)
+    ax.set_xlabel("normalised gradient component g_i / max|g|")
+    ax.set_ylabel("density")
+    ax.set_title("Distribution of ∇ₓ f_y components")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def heatmap_figure(
+    frames: Sequence[Any],
+    grads: Mapping[str, Sequence[Any]],
+    labels: Sequence[str] | None = None,
+) -> Figure:
+    """Fig. 5: each sample's events summed over time and polarity (top row) beside |g| summed the same way.
+
+    ``frames``: per sample an ``[H, W]`` array; ``grads[model]``: per sample an ``[H, W]`` array.
+    Each gradient map is scaled to its own maximum.
+    """
+    n = max(len(frames), 1)
+    rows = 1 + len(grads)
+    fig = _figure(2.2 * n + 0.6, 2.2 * rows + 0.3)
+    axes = np.asarray(fig.subplots(rows, n, squeeze=False))
+    for j in range(len(frames)):
+        ax = axes[0, j]
+        ax.imshow(np.asarray(frames[j], dtype=float), cmap="gray_r", interpolation="nearest")
+        ax.set_title(labels[j] if labels else f"sample {j}", fontsize=8)
+        for i, (name, maps) in enumerate(grads.items(), start=1):
+            axg = axes[i, j]
+            m = np.asarray(maps[j], dtype=float)
+            top = float(m.max()) if m.size and m.max() > 0 else 1.0
+            axg.imshow(m / top, cmap="hot", vmin=0, vmax=1, interpolation="nearest")
+    for i, name in enumerate(["events"] + list(grads), start=0):
+        axes[i, 0].set_ylabel(name if i == 0 else f"|∇ₓ f_y|: {name}", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("Events (summed over time and polarity) and |∇ₓ f_y|")
+    return fig
+
+
+def lambda_sweep_figure(points: Sequence[Mapping[str, float]], attack_label: str = "PGD") -> Figure:
+    """Fig. 3: (a) clean and attacked accuracy (%) against λ, (b) mean ‖g‖₁ and ‖g‖₂ against λ.
+
+    ``points``: one dict per checkpoint with ``lam``, ``clean``, ``attacked``, ``l1``, ``l2``.
+    """
+    pts = sorted(points, key=lambda p: p["lam"])
+    lam = [p["lam"] for p in pts]
+    fig = _figure(11, 4.2)
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.plot(lam, [p["clean"] for p in pts], marker="o", label="clean")
+    ax1.plot(lam, [p["attacked"] for p in pts], marker="s", label=attack_label)
+    ax1.set_xlabel("λ")
+    ax1.set_ylabel("accuracy (%)")
+    ax1.set_title("(a) accuracy against λ")
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=8)
+    ax2.plot(lam, [p["l1"] for p in pts], marker="o", label="mean ‖∇ₓ f_y‖₁")
+    ax2.plot(lam, [p["l2"] for p in pts], marker="s", label="mean ‖∇ₓ f_y‖₂")
+    _log_axes(ax2, x=False)
+    ax2.set_xlabel("λ")
+    ax2.set_ylabel("gradient norm")
+    ax2.set_title("(b) gradient norms against λ")
+    ax2.grid(alpha=0.3, which="both")
+    ax2.legend(fontsize=8)
+    return fig
+
+
+def training_curves_figure(rows: Sequence[Mapping[str, Any]], title: str, x_key: str = "epoch") -> Figure:
+    """Training curves: every numeric metric of ``rows`` (one dict per epoch) against ``x_key``.
+
+    Metrics whose name mentions ``acc`` go to the right panel (accuracy), the rest (losses,
+    regularizer, ...) to the left one. Rows without ``x_key`` are numbered in order.
+    """
+    xs = [r.get(x_key, i) for i, r in enumerate(rows)]
+    keys: list[str] = []
+    for r in rows:
+        for k, v in r.items():
+            if k != x_key and k not in keys and isinstance(v, (int, float)) and not isinstance(v, bool):
+                keys.append(k)
+    acc_keys = [k for k in keys if "acc" in k.lower()]
+    skip = {"lr", "seconds", "time", "step", "samples"}
+    other = [k for k in keys if k not in acc_keys and k.lower() not in skip and not k.lower().endswith("seconds")]
+    fig = _figure(11, 4.0)
+    ax1, ax2 = fig.subplots(1, 2)
+    for ax, group, ylabel in ((ax1, other, "value"), (ax2, acc_keys, "accuracy")):
+        for k in group:
+            pts = [(x, r[k]) for x, r in zip(xs, rows) if isinstance(r.get(k), (int, float))]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=k)
+        ax.set_xlabel(x_key)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if group:
+            ax.legend(fontsize=7)
+    ax1.set_title(f"{title}: losses")
+    ax2.set_title(f"{title}: accuracy")
+    return fig
+
+
+def axis_labels(fig: Figure) -> list[tuple[str, str]]:
+    """``(xlabel, ylabel)`` of every axes of ``fig`` (for checks)."""
+    return [(ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes]
