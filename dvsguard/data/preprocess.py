@@ -192,13 +192,13 @@ def preprocess(
 ) -> PreprocessResult:
     """Build (or reuse) the train and test caches of ``source``.
 
-    ``source`` is ``"cifar10dvs"`` (recordings under ``root``, downloaded with ``download``)
-    or a folder of recordings. Raises ``RecordingError`` when no recording could be read.
+    ``source`` is ``"cifar10dvs"`` (recordings under ``root``, default ``data``; downloaded
+    with ``download``) or a folder of recordings. Raises ``RecordingError`` when no recording could be read.
     """
     start = time.perf_counter()
     cfg = cfg or FramingConfig()
     cache_dir = Path(cache_dir)
-    if source == CIFAR10DVS and not Path(source).is_dir():
+    if source == CIFAR10DVS:  # a folder of that name is reached as ./cifar10dvs
         from dvsguard.data.cifar10dvs import CIFAR10DVS_CLASSES, list_cifar10dvs
 
         source_root = Path(root) if root is not None else Path("data")

@@ -149,3 +149,26 @@ def test_cache_folder_inside_the_source_is_not_read_as_recordings(tmp_path: Path
     assert classes == ["cat", "dog"] and len(items) == 6
     again = preprocess(str(src), src / "cache", workers=1, progress=False)
     assert again.reused and again.train == first.train
+
+
+def test_cifar10dvs_source_in_the_original_aedat2_layout(tmp_path: Path) -> None:
+    from dvsguard.data.aedat2 import write_aedat2_dvs128
+    from dvsguard.data.cifar10dvs import CIFAR10DVS_CLASSES
+
+    root = tmp_path / "c10"
+    rng = np.random.default_rng(0)
+    for name in ("airplane", "cat"):
+        (root / name).mkdir(parents=True)
+        for k in range(5):
+            n = 2000
+            ev = np.empty(n, dtype=EVENT_DTYPE)
+            ev["x"], ev["y"] = rng.integers(0, 128, n), rng.integers(0, 128, n)
+            ev["t"], ev["p"] = np.sort(rng.integers(0, 1_000_000, n)), rng.integers(0, 2, n)
+            write_aedat2_dvs128(root / name / f"cifar10_{name}_{k}.aedat", ev)
+    result = preprocess("cifar10dvs", tmp_path / "cache", root=root, workers=1, progress=False)
+    assert result.classes == list(CIFAR10DVS_CLASSES)
+    assert (result.n_train, result.n_test) == (8, 2) and not result.failed
+    assert result.train.name.startswith("cifar10dvs-train-")
+    ds = FrameDataset(result.train)
+    assert sorted(set(ds.labels.tolist())) == [0, 3]  # airplane, cat
+    assert tuple(ds[0][0].shape) == (10, 2, 48, 48)
