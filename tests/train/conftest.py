@@ -52,3 +52,33 @@ def linear_net() -> type[LinearOverTime]:
 @pytest.fixture
 def tiny_net() -> type[TinyConvNet]:
     return TinyConvNet
+
+
+def build_digits_cache(root, per_class: int, sensor: int, frames: int, size: int, test_fraction: float):
+    """Simulated digit recordings framed into a train/test cache pair; returns the train path."""
+    from dvsguard.data.frames import FramingConfig
+    from dvsguard.data.preprocess import preprocess
+    from dvsguard.data.synth import SynthConfig, make_digits
+
+    make_digits(root / "digits", SynthConfig(per_class=per_class, size=sensor))
+    result = preprocess(str(root / "digits"), root / "cache", FramingConfig(n_frames=frames, height=size, width=size),
+                        workers=1, test_fraction=test_fraction, progress=False)
+    return result.train
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory):
+    """80 train / 20 test simulated digit recordings as 4 frames of 16×16."""
+    return build_digits_cache(tmp_path_factory.mktemp("tiny-cache"), per_class=10, sensor=16, frames=4, size=16,
+                              test_fraction=0.2)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread (two threads thrash on a shared two-core machine) and the global flags restored."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)

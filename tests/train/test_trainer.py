@@ -1,0 +1,198 @@
+"""The trainer: files it writes, exact resume after SIGKILL, NaN stop, DDP with two CPU processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dvsguard.errors import ConfigError, TrainError
+from dvsguard.snn.checkpoint import load_checkpoint, load_model
+from dvsguard.snn.vgg import SpikingVGG
+from dvsguard.train import rng
+from dvsguard.train import trainer as trainer_mod
+from dvsguard.train.trainer import TrainConfig, parse_eps, train
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def _cfg(cache, **kw) -> TrainConfig:
+    base = dict(cache=str(cache), defense="vanilla", preset="tiny", epochs=2, batch=8, limit_train=24,
+                limit_test=12, robust_limit=6, augment=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_parse_eps():
+    assert parse_eps("2/255") == pytest.approx(2 / 255)
+    assert parse_eps("0.01") == 0.01
+    with pytest.raises(ConfigError, match="eps"):
+        parse_eps("two")
+
+
+def test_train_writes_checkpoints_metrics_and_config(tiny_cache, tmp_path, one_thread):
+    run = tmp_path / "run"
+    result = train(_cfg(tiny_cache, defense="sr"), run, device="cpu")
+    assert result["epochs"] == 2 and result["world"] == 1
+    rows = _metrics(run)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["train_n"] == 24 and r["test_n"] == 12 and r["robust_n"] == 6
+        assert 0.0 <= r["test_acc"] <= 1.0 and 0.0 <= r["robust_acc"] <= 1.0
+        assert r["train_loss"] > 0
+    assert rows[1]["lr"] < rows[0]["lr"] == 0.1  # cosine schedule
+
+    last = load_checkpoint(run / "last.pt")  # weights_only=True inside
+    assert last["epoch"] == 2 and last["train"]["defense"] == "sr"
+    assert last["data"]["classes"] == [f"digit{i}" for i in range(10)]
+    assert last["data"]["value_range"] == [0.0, 1.0]
+    assert last["data"]["framing"]["n_frames"] == 4
+    state = last["trainer"]
+    assert set(state) >= {"optimizer", "scheduler", "rng", "history", "best_acc"}
+    assert isinstance(state["rng"][0]["torch"], torch.Tensor)
+    assert isinstance(state["rng"][0]["generators"]["attack"], torch.Tensor)
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2
+
+    model, best = load_model(run / "best.pt")
+    assert best["epoch"] == result["best_epoch"]
+    assert best["metrics"]["test_acc"] == result["best_test_acc"]
+    assert "trainer" not in best
+    assert model.cfg.num_classes == 10 and model.cfg.input_size == 16
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["defense"] == "sr" and config["train"]["weight_decay"] == 5e-4
+
+
+def test_rat_trains_without_weight_decay(tiny_cache, tmp_path, one_thread):
+    cfg = _cfg(tiny_cache, defense="rat", epochs=1)
+    assert cfg.resolved_weight_decay == 0.0
+    train(cfg, tmp_path / "rat", device="cpu")
+    assert load_checkpoint(tmp_path / "rat" / "last.pt")["trainer"]["optimizer"]["param_groups"][0]["weight_decay"] == 0.0
+    with pytest.raises(ConfigError, match="without weight decay"):
+        train(_cfg(tiny_cache, defense="rat", weight_decay=1e-4), tmp_path / "rat2", device="cpu")
+
+
+def test_resume_refuses_other_settings_and_skips_finished_runs(tiny_cache, tmp_path, one_thread):
+    run = tmp_path / "run"
+    train(_cfg(tiny_cache, epochs=1), run, device="cpu")
+    with pytest.raises(ConfigError, match="lr=0.05.*lr=0.1"):
+        train(_cfg(tiny_cache, epochs=1, lr=0.05), run, resume=True, device="cpu")
+    done = train(_cfg(tiny_cache, epochs=1), run, resume=True, device="cpu")
+    assert done["resumed_from"] == 1 and done["epochs"] == 1
+    assert len(_metrics(run)) == 1
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_cache, tmp_path, one_thread, monkeypatch):
+    real = trainer_mod.make_defense
+    calls = {"n": 0}
+
+    class Poisoned:
+        def __init__(self, inner):
+            self.inner, self.name, self.weight_decay_allowed = inner, inner.name, inner.weight_decay_allowed
+
+        def loss(self, model, x, y):
+            calls["n"] += 1
+            loss, logits = self.inner.loss(model, x, y)
+            return (loss * float("nan") if calls["n"] == 5 else loss), logits  # epoch 2, step 2 (3 steps/epoch)
+
+        def after_step(self, model):
+            self.inner.after_step(model)
+
+    monkeypatch.setattr(trainer_mod, "make_defense", lambda *a, **k: Poisoned(real(*a, **k)))
+    run = tmp_path / "run"
+    with pytest.raises(TrainError, match=r"epoch 2 step 2: loss is nan .*last good checkpoint .*last\.pt is kept"):
+        train(_cfg(tiny_cache, epochs=3), run, device="cpu")
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    assert [r["epoch"] for r in _metrics(run)] == [1]
+    _, best = load_model(run / "best.pt")
+    assert best["epoch"] == 1
+
+
+def _cli(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "dvsguard", "train", *args]
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]["state_dict"]
+
+
+def test_resume_after_sigkill_reaches_the_same_weights(tiny_cache, tmp_path):
+    args = ["--cache", str(tiny_cache), "--defense", "pgd-at", "--pgd-steps", "2", "--preset", "tiny",
+            "--epochs", "2", "--batch", "8", "--limit-train", "40", "--robust-limit", "4", "--limit-test", "8",
+            "--seed", "3"]
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    subprocess.run(_cli([*args, "--out", str(ref)]), env=ENV, check=True, capture_output=True, timeout=300)
+
+    proc = subprocess.Popen(_cli([*args, "--out", str(run)]), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+        assert proc.poll() is None, "the run ended before its first epoch was logged"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    first = _metrics(run)[0]
+    time.sleep(0.3 * first["train_seconds"])  # about a third into epoch 2's training
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1, "the kill came after epoch 2 had finished"
+
+    out = subprocess.run(_cli([*args, "--out", str(run), "--resume", "--json"]), env=ENV, check=True,
+                         capture_output=True, text=True, timeout=300)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["resumed_from"] == 1 and result["epochs"] == 2
+    a, b = _state(ref / "last.pt"), _state(run / "last.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    strip = lambda rows: [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]  # noqa: E731
+    assert strip(_metrics(ref)) == strip(_metrics(run))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_on_cpu_trains(tiny_cache, tmp_path):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed beside this Python")
+    run = tmp_path / "ddp"
+    cmd = [torchrun, "--nnodes", "1", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(_free_port()), "-m", "dvsguard", "train", "--cache", str(tiny_cache),
+           "--defense", "sr", "--preset", "tiny", "--epochs", "2", "--batch", "8", "--limit-train", "16",
+           "--robust-limit", "4", "--device", "cpu", "--out", str(run), "--json"]
+    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    assert len(lines) == 1  # only rank 0 reports
+    result = json.loads(lines[0])
+    assert result["world"] == 2 and result["epochs"] == 2
+    rows = _metrics(run)
+    assert [r["train_n"] for r in rows] == [16, 16]  # 8 per rank, summed
+    assert rows[0]["test_n"] == 20  # the whole test split, shared between ranks
+    last = load_checkpoint(run / "last.pt")
+    assert last["trainer"]["world"] == 2 and len(last["trainer"]["rng"]) == 2
+    assert not torch.equal(last["trainer"]["rng"][0]["torch"], last["trainer"]["rng"][1]["torch"])
+    model, _ = load_model(run / "last.pt")
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    rng.seed_everything(0)  # the trainer's initialisation
+    init = SpikingVGG(model.cfg)
+    moved = [not torch.equal(a, b) for a, b in zip(init.parameters(), model.parameters())]
+    assert all(moved)
