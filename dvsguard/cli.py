@@ -322,7 +322,7 @@ def export_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Export to lava-dl netx for Loihi 2 (integer weights, folded BN and pooling) with a resource table."""
-    from dvsguard.export.exporter import compare_export, export_checkpoint, test_split_path, verify_export
+    from dvsguard.export.exporter import compare_export, export_checkpoint, lava_estimate, test_split_path, verify_export
 
     result, model, payload = export_checkpoint(checkpoint, out, name)
     report: dict[str, Any] = {
@@ -341,6 +341,9 @@ def export_cmd(
         if compare:
             report["compare"] = compare_export(model, result.net_path, test_path, max_samples=limit)
         if verify:
+            n_run, eta = lava_estimate(result.net_path, test_path, verify)
+            typer.echo(f"Lava: running {n_run} test sample(s) through {len(result.manifest['layers'])} layers in "
+                       f"Lava's CPU simulator; estimated {eta:.0f} s", err=True)
             report["verify"] = verify_export(model, result.net_path, test_path, verify, timeout=timeout, build=build_lava)
 
     def human(r: dict[str, Any]) -> str:

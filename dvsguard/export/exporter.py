@@ -166,6 +166,17 @@ def load_samples(test_path: Path, n: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return counts, x, labels
 
 
+def lava_estimate(net_path: Path, test_path: Path, n: int) -> tuple[int, float]:
+    """(samples that --verify will run, estimated seconds of the Lava run)."""
+    from dvsguard.data.cache import open_cache
+    from dvsguard.export.intsim import load_netx
+    from dvsguard.export.verify import estimate_lava_seconds
+
+    info = open_cache(test_path)
+    n = min(n, info.n_samples)
+    return n, estimate_lava_seconds(load_netx(net_path), n, info.n_frames)
+
+
 def verify_export(model: Any, net_path: Path, test_path: Path, n: int, timeout: float | None = None, build: bool = False) -> dict[str, Any]:
     """Run n test samples in Lava; compare with the integer simulator and the PyTorch model."""
     import torch
@@ -176,7 +187,7 @@ def verify_export(model: Any, net_path: Path, test_path: Path, n: int, timeout: 
     counts, x, labels = load_samples(test_path, n)
     net = load_netx(net_path)
     eta = estimate_lava_seconds(net, len(labels), counts.shape[1])
-    log.info("Lava: running %d sample(s) × %d steps through %d layers; estimated %.0f s", len(labels), counts.shape[1], len(net.layers), eta)
+    log.debug("Lava: %d sample(s) × %d steps through %d layers; estimated %.0f s", len(labels), counts.shape[1], len(net.layers), eta)
     with torch.no_grad():
         preds = model(torch.from_numpy(x)).argmax(1).numpy()
     report = verify_netx(net_path, counts, model_predictions=preds, labels=labels, timeout=timeout, build=build)

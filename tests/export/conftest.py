@@ -139,3 +139,42 @@ def handmade_frames(n: int = 3, seed: int = 0) -> np.ndarray:
     """int64 ``[n, 5, 2, 9, 7]`` graded inputs (0..7) for :func:`write_handmade`."""
     rng = np.random.default_rng(seed)
     return rng.integers(0, 8, size=(n, 5, 2, 9, 7)) * (rng.random((n, 5, 2, 9, 7)) < 0.5)
+
+
+# --------------------------------------------------------------------------- checkpoints and caches
+
+
+def make_test_cache(folder: Path, n: int = 10, size: int = 16, n_frames: int = T, count_cap: int = CAP) -> Path:
+    """A test-split frame cache of n random recordings (two classes) built by the real builder."""
+    from dvsguard.data.cache import build_cache
+    from dvsguard.data.events import EVENT_DTYPE, write_npz
+    from dvsguard.data.frames import FramingConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(n):
+        k = 3000
+        ev = np.empty(k, dtype=EVENT_DTYPE)
+        ev["x"] = rng.integers(0, size, k)
+        ev["y"] = rng.integers(0, size, k)
+        ev["t"] = np.sort(rng.integers(0, 10_000, k))
+        ev["p"] = rng.integers(0, 2, k)
+        items.append((write_npz(folder / f"r{i}.npz", ev, (size, size, 2)), i % 2))
+    cfg = FramingConfig(n_frames=n_frames, height=size, width=size, count_cap=count_cap)
+    path = folder / "rec-test.h5"
+    build_cache(path, items, classes=["even", "odd"], cfg=cfg, split="test", workers=1, progress=False)
+    return path
+
+
+def save_model_checkpoint(path: Path, model: SpikingVGG, cache: Path | None = None) -> Path:
+    """A checkpoint as the trainer writes it (model + data entry) for ``model``."""
+    from dvsguard.data.frames import FramingConfig
+    from dvsguard.snn.checkpoint import model_payload, save_checkpoint
+
+    s = model.cfg.input_size
+    framing = FramingConfig(n_frames=T, height=s, width=s, count_cap=CAP).to_dict()
+    data = {"framing": framing, "classes": [str(i) for i in range(model.cfg.num_classes)], "value_range": [0.0, 1.0]}
+    if cache is not None:
+        data["cache"] = str(cache)
+    return save_checkpoint(path, {"model": model_payload(model), "data": data, "epoch": 1, "metrics": {}})

@@ -1,0 +1,85 @@
+"""``dvsguard export``: files, manifest, resource table, --compare, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import pytest
+import torch
+
+from dvsguard.cli import main
+from dvsguard.export.netx import sha256_file
+from dvsguard.snn import SpikingVGG, VGGConfig
+from dvsguard.snn.checkpoint import model_payload, save_checkpoint
+
+from .conftest import make_test_cache, save_model_checkpoint, tiny_model
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_test_cache(tmp_path_factory.mktemp("cache"))
+
+
+def test_export_writes_netx_and_manifest(tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = save_model_checkpoint(tmp_path / "run" / "best.pt", tiny_model(), cache)
+    code, out, err = run_cli(["export", str(ckpt), "--out", str(tmp_path / "exp"), "--compare", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    net = Path(result["net"])
+    assert net == tmp_path / "exp" / "run-best.net" and net.is_file()
+    manifest = json.loads(Path(result["manifest"]).read_text())
+    assert manifest["net_sha256"] == sha256_file(net)
+    assert manifest["source"]["sha256"] == sha256_file(ckpt)
+    assert manifest["time_steps"] == 4 and manifest["lag"] == 4 and manifest["reset_interval"] == 4
+    assert manifest["input"]["scale"] == 3 and manifest["framing"]["count_cap"] == 3
+    assert manifest["classes"] == [str(i) for i in range(10)]
+    assert [la["kind"] for la in manifest["layers"]] == ["conv", "conv", "dense", "dense"]
+    assert manifest["resources"]["fits_chip"] and len(manifest["resources"]["rows"]) == 4
+    assert result["compare"]["n"] == 10 and 0 <= result["compare"]["agreement"] <= 1
+    with h5py.File(net) as f:  # the netx schema
+        assert [f["layer"][str(i)]["type"][0] for i in range(6)] == [b"input", b"conv", b"conv", b"flatten", b"dense", b"dense"]
+        assert list(f["layer/0/shape"][()]) == [2, 16, 16]
+        assert list(f["layer/2/shape"][()]) == [16, 8, 8] and f["layer/2/weight"].shape == (16, 8, 6, 6)
+        assert f["layer/1/neuron/iDecay"][()] == 4096 and f["layer/1/neuron/vDecay"][()] == 0
+        assert f["layer/1/neuron/type"][0] == b"CUBA"
+    # the same checkpoint always gives the same bytes
+    code, out, _ = run_cli(["export", str(ckpt), "--out", str(tmp_path / "again"), "--name", "x"], capsys)
+    assert code == 0 and sha256_file(tmp_path / "again" / "x.net") == sha256_file(net)
+    assert "fits one Loihi 2 chip" in out and "features.0" in out  # the resource table
+
+
+def test_checkpoint_of_another_architecture_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    payload = model_payload(SpikingVGG(VGGConfig.preset("tiny")))
+    payload["state_dict"] = model_payload(SpikingVGG(VGGConfig.preset("tiny", channels=(4, "A", 16, "A"))))["state_dict"]
+    ckpt = save_checkpoint(tmp_path / "other.pt", {"model": payload, "data": {}})
+    code, out, err = run_cli(["export", str(ckpt), "--out", str(tmp_path)], capsys)
+    assert code == 1 and out == ""
+    assert err.startswith("dvsguard: error: ") and "features.0.weight" in err and len(err.strip().splitlines()) == 1
+
+
+def test_nan_weights_and_missing_framing_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tiny_model()
+    with torch.no_grad():
+        model.classifier[1].weight[0, 0] = float("nan")
+    ckpt = save_model_checkpoint(tmp_path / "nan.pt", model)
+    code, _, err = run_cli(["export", str(ckpt), "--out", str(tmp_path)], capsys)
+    assert code == 1 and "classifier.1.weight" in err and "NaN" in err
+    ckpt = save_checkpoint(tmp_path / "nodata.pt", {"model": model_payload(tiny_model())})
+    code, _, err = run_cli(["export", str(ckpt), "--out", str(tmp_path)], capsys)
+    assert code == 1 and "no framing" in err
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    code, _, err = run_cli(["export", str(tmp_path / "junk.pt")], capsys)
+    assert code == 1 and "junk.pt" in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("*.net"))
