@@ -127,8 +127,8 @@ class EpochSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         order = self._order()
         if self.pad and self.world > 1 and len(order) % self.world:
-            extra = self.world - len(order) % self.world
-            order = torch.cat([order, order[:extra]])
+            total = -(-len(order) // self.world) * self.world
+            order = order.repeat(-(-total // len(order)))[:total]
         return iter(order[self.rank :: self.world].tolist())
 
     def __len__(self) -> int:
