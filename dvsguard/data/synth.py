@@ -314,9 +314,18 @@ def _atomic_text(path: Path, text: str) -> None:
         raise
 
 
-def _simulate_batch(job: tuple[SynthConfig, np.ndarray, int]) -> list[np.ndarray]:
-    """Worker entry: one batch of recordings (module level so that process pools can pickle it)."""
-    return _batch(*job)
+def _simulate_batch(job: tuple[SynthConfig, np.ndarray, int, Path, list[str]]) -> list[int]:
+    """Simulate one batch and write its recordings to ``out/rel`` (module level for process pools).
+
+    Returns the event count of each recording.
+    """
+    cfg, images, batch_index, out, rels = job
+    sensor = (cfg.size, cfg.size, 2)
+    counts = []
+    for rel, ev in zip(rels, _batch(cfg, images, batch_index)):
+        write_npz(out / rel, ev, sensor, compress=True)
+        counts.append(len(ev))
+    return counts
 
 
 def make_digits(out_dir: str | os.PathLike, cfg: SynthConfig | None = None, workers: int = 1) -> dict[str, Any]:
@@ -343,32 +352,29 @@ def make_digits(out_dir: str | os.PathLike, cfg: SynthConfig | None = None, work
     labels = np.repeat(np.arange(len(CLASSES)), cfg.per_class)
     for name in CLASSES:
         (out / name).mkdir(parents=True, exist_ok=True)
-    rows: list[tuple[str, str]] = []
-    counts: list[int] = []
     total = len(picks)
     sensor = (cfg.size, cfg.size, 2)
+    names = [CLASSES[label] for label in labels]
+    rows = [(f"{name}/{name}_{i % cfg.per_class:04d}.npz", name) for i, name in enumerate(names)]
     starts = list(range(0, total, _BATCH))
-    jobs = [(cfg, images[picks[lo:lo + _BATCH]], k) for k, lo in enumerate(starts)]
+    jobs = [
+        (cfg, images[picks[lo:lo + _BATCH]], k, out, [rel for rel, _ in rows[lo:lo + _BATCH]])
+        for k, lo in enumerate(starts)
+    ]
+    counts: list[int] = []
     with contextlib.ExitStack() as stack:
         if workers > 1 and len(jobs) > 1:
             pool = stack.enter_context(
                 ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"))
             )
-            results: Iterator[list[np.ndarray]] = pool.map(_simulate_batch, jobs)
+            results: Iterator[list[int]] = pool.map(_simulate_batch, jobs)
         else:
             results = map(_simulate_batch, jobs)
         progress = stack.enter_context(make_progress())
         task = progress.add_task("simulating recordings", total=total)
-        for lo, recs in zip(starts, results):
-            hi = lo + len(recs)
-            for k, ev in enumerate(recs):
-                i = lo + k
-                name = CLASSES[labels[i]]
-                rel = f"{name}/{name}_{i % cfg.per_class:04d}.npz"
-                write_npz(out / rel, ev, sensor, compress=True)
-                rows.append((rel, name))
-                counts.append(len(ev))
-            progress.advance(task, hi - lo)
+        for batch_counts in results:
+            counts.extend(batch_counts)
+            progress.advance(task, len(batch_counts))
     written = {out / rel for rel, _ in rows}
     for stale in sorted(out.glob("digit*/*.npz")):  # recordings of an earlier, larger run
         if stale not in written:

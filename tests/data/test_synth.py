@@ -96,6 +96,17 @@ def test_same_seed_same_recordings_other_seed_others(tmp_path: Path) -> None:
         assert not (len(a) == len(c) and np.array_equal(a, c))
 
 
+def test_worker_processes_write_the_same_files(tmp_path: Path) -> None:
+    cfg = SynthConfig(per_class=6, size=24, n_steps=12)  # 60 recordings: two batches
+    one = make_digits(tmp_path / "one", cfg, workers=1)
+    two = make_digits(tmp_path / "two", cfg, workers=2)
+    assert one["n_events"] == two["n_events"]
+    assert (tmp_path / "one" / "labels.csv").read_text() == (tmp_path / "two" / "labels.csv").read_text()
+    for path in sorted((tmp_path / "one").rglob("*.npz"))[::7]:
+        twin = tmp_path / "two" / path.relative_to(tmp_path / "one")
+        assert np.array_equal(read_events(path).events, read_events(twin).events)
+
+
 def test_noise_rate_adds_events(tmp_path: Path) -> None:
     quiet = make_digits(tmp_path / "q", SynthConfig(per_class=1, noise=0.0))["n_events"]
     noisy = make_digits(tmp_path / "n", SynthConfig(per_class=1, noise=20.0))["n_events"]
