@@ -38,13 +38,23 @@ import torch
 from torch import nn
 
 from dvsguard.errors import ConfigError
+from dvsguard.snn import kernels
 from dvsguard.snn.surrogate import TRIANGLE, GradientMode, rate_grad, surrogate_grad
 
 THRESHOLD = 1.0
 
 
+USE_KERNELS = True
+"""Use the compiled one-pass loops of :mod:`dvsguard.snn.kernels` for float32 CPU tensors when
+numba is available (False: always the torch-op loops; both give the same spikes)."""
+
+
+def _use_kernels(x: torch.Tensor) -> bool:
+    return USE_KERNELS and x.dtype == torch.float32 and x.device.type == "cpu" and kernels.available()
+
+
 def _forward_loop(x: torch.Tensor, threshold: float, keep_u: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Run the IF dynamics. x: current ``[T, B, ...]`` float32. Returns (spikes, u or None)."""
+    """Run the IF dynamics with torch ops. x: current ``[T, B, ...]``. Returns (spikes, u or None)."""
     u_all = torch.empty_like(x)
     m = None
     for t in range(x.shape[0]):
@@ -58,12 +68,20 @@ def _forward_loop(x: torch.Tensor, threshold: float, keep_u: bool) -> tuple[torc
     return spikes, (u_all if keep_u else None)
 
 
+def _forward(x: torch.Tensor, threshold: float, keep_u: bool, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """IF forward on float32/float64 x; spikes in ``out_dtype``, membrane u in x's dtype (or None)."""
+    if _use_kernels(x):
+        return kernels.forward(x.contiguous(), threshold, keep_u, out_dtype)
+    spikes, u_all = _forward_loop(x, threshold, keep_u)
+    return spikes.to(out_dtype), u_all
+
+
 class _IFSurrogate(torch.autograd.Function):
     """IF over all T with a per-step surrogate; saves only the pre-spike membrane u."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, mode: GradientMode, threshold: float) -> torch.Tensor:  # type: ignore[override]
-        spikes, u_all = _forward_loop(x, threshold, keep_u=True)
+    def forward(ctx, x: torch.Tensor, mode: GradientMode, threshold: float, out_dtype: torch.dtype) -> torch.Tensor:  # type: ignore[override]
+        spikes, u_all = _forward(x, threshold, True, out_dtype)
         ctx.save_for_backward(u_all)
         ctx.mode = mode
         ctx.threshold = threshold
@@ -73,6 +91,9 @@ class _IFSurrogate(torch.autograd.Function):
     def backward(ctx, grad_s: torch.Tensor):  # type: ignore[override]
         (u_all,) = ctx.saved_tensors
         mode, theta = ctx.mode, ctx.threshold
+        if _use_kernels(u_all):
+            return kernels.backward(u_all, grad_s, theta, mode.kind, mode.gamma), None, None, None
+        grad_s = grad_s.to(u_all.dtype)
         grad_x = torch.empty_like(u_all)
         gm = None
         for t in range(u_all.shape[0] - 1, -1, -1):
@@ -85,15 +106,15 @@ class _IFSurrogate(torch.autograd.Function):
                 gv = gs.mul_(sg).add_(gm.masked_fill_(u >= theta, 0.0))
             grad_x[t] = gv
             gm = gv
-        return grad_x, None, None
+        return grad_x, None, None, None
 
 
 class _IFRate(torch.autograd.Function):
     """IF over all T, differentiated as its firing rate (RGA); saves only ī = mean_t I[t]."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, threshold: float) -> torch.Tensor:  # type: ignore[override]
-        spikes, _ = _forward_loop(x, threshold, keep_u=False)
+    def forward(ctx, x: torch.Tensor, threshold: float, out_dtype: torch.dtype) -> torch.Tensor:  # type: ignore[override]
+        spikes, _ = _forward(x, threshold, False, out_dtype)
         ctx.save_for_backward(x.mean(0))
         ctx.threshold = threshold
         return spikes
@@ -101,25 +122,27 @@ class _IFRate(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_s: torch.Tensor):  # type: ignore[override]
         (i_mean,) = ctx.saved_tensors
-        g = rate_grad(i_mean, ctx.threshold) * grad_s.mean(0)
-        return g.unsqueeze(0).expand_as(grad_s).contiguous(), None
+        g = rate_grad(i_mean, ctx.threshold) * grad_s.to(i_mean.dtype).mean(0)
+        return g.unsqueeze(0).expand(grad_s.shape).contiguous(), None, None
 
 
 def if_spikes(x: torch.Tensor, mode: GradientMode = TRIANGLE, threshold: float = THRESHOLD) -> torch.Tensor:
     """Spikes ``[T, B, ...]`` (0/1, float32) of IF neurons driven by current x ``[T, B, ...]``.
 
-    Differentiable with the fused BPTT backward of ``mode``. Inputs in bf16/float16 are
-    promoted so the membrane state is always float32.
+    Differentiable with the fused BPTT backward of ``mode``. The membrane state is float32
+    (float64 for float64 input); a bfloat16 input (from bf16 autocast) gives bfloat16
+    spikes, which are exact, so the next layer needs no cast.
     """
     if x.dim() < 2:
         raise ValueError(f"IF neuron input must be [T, B, ...], got shape {tuple(x.shape)}")
+    out_dtype = torch.bfloat16 if x.dtype == torch.bfloat16 else (torch.float64 if x.dtype == torch.float64 else torch.float32)
     if x.dtype != torch.float64:
         x = x.float()
     if not (torch.is_grad_enabled() and x.requires_grad):
-        return _forward_loop(x, threshold, keep_u=False)[0]
+        return _forward(x, threshold, False, out_dtype)[0]
     if mode.kind == "rga":
-        return _IFRate.apply(x, threshold)
-    return _IFSurrogate.apply(x, mode, threshold)
+        return _IFRate.apply(x, threshold, out_dtype)
+    return _IFSurrogate.apply(x, mode, threshold, out_dtype)
 
 
 class _SpikeFn(torch.autograd.Function):

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from dvsguard.errors import ConfigError
+from dvsguard.snn import kernels, neuron
 from dvsguard.snn.neuron import (
     IFNeuron,
     gradient_mode,
@@ -132,11 +133,44 @@ def test_rga_constant_upstream_gradient() -> None:
     assert g.tolist() == [[1.0, 0.0]] * 3
 
 
-def test_bf16_input_keeps_float32_state() -> None:
-    x = (torch.rand(10, 64) * 0.45).to(torch.bfloat16)
+def test_bf16_input_gives_exact_bf16_spikes() -> None:
+    """bf16 current (autocast) → float32 membrane inside, spikes returned as exact bf16 0/1."""
+    x = (torch.rand(10, 64) * 0.45).to(torch.bfloat16).requires_grad_()
     s = if_spikes(x)
-    assert s.dtype == torch.float32
-    assert torch.equal(s, if_spikes(x.float()))
+    assert s.dtype == torch.bfloat16
+    assert torch.equal(s.float(), if_spikes(x.detach().float()))
+    (g,) = torch.autograd.grad(s.float().sum(), x)
+    assert g.dtype == torch.bfloat16 and g.abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode", [TRIANGLE, SIGMOID, ATAN, GradientMode("triangle", 0.3), RGA], ids=str)
+@pytest.mark.parametrize("shape", [(1, 7), (3, 2, 1500), (10, 70_001), (6, 2, 8, 12, 12)], ids=str)
+def test_compiled_loops_equal_torch_loops(monkeypatch: pytest.MonkeyPatch, mode: GradientMode, shape) -> None:
+    """The numba kernels (several threads, ragged blocks) match the torch-op loops in float32."""
+    if not kernels.available():
+        pytest.skip("numba kernels unavailable")
+    g = torch.Generator().manual_seed(len(shape))
+    x = (torch.randn(shape, generator=g) * 0.9 + 0.5).requires_grad_()
+    w = torch.randn(shape, generator=g)
+    results = []
+    for use in (True, False):
+        monkeypatch.setattr(neuron, "USE_KERNELS", use)
+        s = if_spikes(x, mode)
+        (gx,) = torch.autograd.grad((s * w).sum(), x)
+        results.append((s, gx))
+    assert torch.equal(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_loops_bf16_out() -> None:
+    if not kernels.available():
+        pytest.skip("numba kernels unavailable")
+    x = torch.randn(5, 3000) + 0.5
+    s16, _ = kernels.forward(x, 1.0, False, torch.bfloat16)
+    s32, u = kernels.forward(x, 1.0, True, torch.float32)
+    assert s16.dtype == torch.bfloat16 and torch.equal(s16.float(), s32)
+    assert torch.equal(s32, if_reference(x))
+    assert u is not None and torch.equal(u >= 1.0, s32.bool())
 
 
 def test_module_mode_switching() -> None:

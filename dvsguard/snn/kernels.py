@@ -1,0 +1,183 @@
+"""Compiled one-pass loops for the IF neuron (numba, float32), used by :mod:`dvsguard.snn.neuron`.
+
+Each kernel works on ``[T, N]`` arrays (time first, all neurons flattened) and a column
+range ``[lo, hi)``, walking time inside blocks of columns so that the membrane of a block
+stays in cache and every tensor is read or written once. The kernels release the GIL and
+are run on ``torch.get_num_threads()`` Python threads, one column range each.
+
+numba is a dependency of tonic (through librosa). If it cannot be imported, or
+``DVSGUARD_NO_NUMBA=1`` is set, :func:`available` is False and the neuron uses torch ops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+KIND_CODES = {"triangle": 0, "sigmoid": 1, "atan": 2}
+BF16_ONE = 0x3F80  # bit pattern of 1.0 in bfloat16
+_BLOCK = 1024
+_MIN_PARALLEL = 1 << 16  # columns below which one thread does all
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def _build() -> dict[str, object] | None:
+    if os.environ.get("DVSGUARD_NO_NUMBA", "") not in ("", "0"):
+        return None
+    try:
+        import numba
+    except Exception as e:  # pragma: no cover - numba ships with tonic's dependencies
+        log.info("numba unavailable (%s); IF neuron uses torch ops", e)
+        return None
+
+    njit = numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")
+
+    @njit
+    def fwd(x, s, u, theta, one, zero, lo, hi):  # pragma: no cover - compiled
+        T = x.shape[0]
+        m = np.zeros(_BLOCK, np.float32)
+        f0 = np.float32(0.0)
+        for j0 in range(lo, hi, _BLOCK):
+            j1 = min(j0 + _BLOCK, hi)
+            n = j1 - j0
+            m[:] = f0
+            for t in range(T):
+                xr, ur, sr = x[t, j0:j1], u[t, j0:j1], s[t, j0:j1]
+                for k in range(n):
+                    v = m[k] + xr[k]
+                    ur[k] = v
+                    spike = v >= theta
+                    sr[k] = one if spike else zero
+                    m[k] = f0 if spike else v
+
+    @njit
+    def fwd_no_u(x, s, theta, one, zero, lo, hi):  # pragma: no cover - compiled
+        T = x.shape[0]
+        m = np.zeros(_BLOCK, np.float32)
+        f0 = np.float32(0.0)
+        for j0 in range(lo, hi, _BLOCK):
+            j1 = min(j0 + _BLOCK, hi)
+            n = j1 - j0
+            m[:] = f0
+            for t in range(T):
+                xr, sr = x[t, j0:j1], s[t, j0:j1]
+                for k in range(n):
+                    v = m[k] + xr[k]
+                    spike = v >= theta
+                    sr[k] = one if spike else zero
+                    m[k] = f0 if spike else v
+
+    @njit
+    def bwd(u, gs, gx, theta, kind, gamma, lo, hi):  # pragma: no cover - compiled
+        T = u.shape[0]
+        gm = np.zeros(_BLOCK, np.float32)
+        f0, f1 = np.float32(0.0), np.float32(1.0)
+        g = np.float32(gamma)
+        inv_g2 = f1 / (g * g)
+        half_pi_g = np.float32(np.pi / 2) * g
+        half_g = g / np.float32(2.0)
+        for j0 in range(lo, hi, _BLOCK):
+            j1 = min(j0 + _BLOCK, hi)
+            n = j1 - j0
+            gm[:] = f0
+            for t in range(T - 1, -1, -1):
+                ur, gsr, gxr = u[t, j0:j1], gs[t, j0:j1], gx[t, j0:j1]
+                if kind == 0:
+                    for k in range(n):
+                        v = ur[k]
+                        m = gm[k]
+                        sg = max(g - abs(v - theta), f0) * inv_g2
+                        gv = (gsr[k] - m * v) * sg + (m if v < theta else f0)
+                        gxr[k] = gv
+                        gm[k] = gv
+                elif kind == 1:
+                    for k in range(n):
+                        v = ur[k]
+                        m = gm[k]
+                        sig = f1 / (f1 + np.exp(-g * (v - theta)))
+                        sg = g * sig * (f1 - sig)
+                        gv = (gsr[k] - m * v) * sg + (m if v < theta else f0)
+                        gxr[k] = gv
+                        gm[k] = gv
+                else:
+                    for k in range(n):
+                        v = ur[k]
+                        m = gm[k]
+                        a = half_pi_g * (v - theta)
+                        sg = half_g / (f1 + a * a)
+                        gv = (gsr[k] - m * v) * sg + (m if v < theta else f0)
+                        gxr[k] = gv
+                        gm[k] = gv
+
+    return {"fwd": fwd, "fwd_no_u": fwd_no_u, "bwd": bwd}
+
+
+def available() -> bool:
+    """True when the compiled kernels can be used."""
+    with _lock:
+        if "kernels" not in _state:
+            _state["kernels"] = _build()
+        return _state["kernels"] is not None
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    pool = _state.get("pool")
+    if pool is None or _state.get("pool_size") != n:
+        pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="dvsguard-if")
+        _state["pool"], _state["pool_size"] = pool, n
+    return pool  # type: ignore[return-value]
+
+
+def _run(fn, n_cols: int, *args) -> None:
+    threads = max(1, torch.get_num_threads())
+    if threads == 1 or n_cols < _MIN_PARALLEL:
+        fn(*args, 0, n_cols)
+        return
+    step = -(-n_cols // threads)
+    step = -(-step // _BLOCK) * _BLOCK
+    bounds = [(lo, min(lo + step, n_cols)) for lo in range(0, n_cols, step)]
+    futures = [_pool(threads).submit(fn, *args, lo, hi) for lo, hi in bounds]
+    for f in futures:
+        f.result()
+
+
+def forward(x: torch.Tensor, threshold: float, keep_u: bool, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """IF forward. x: float32 contiguous ``[T, ...]``. Returns (spikes of ``out_dtype``
+    (float32 or bfloat16), pre-spike membrane float32 or None)."""
+    kernels = _state["kernels"]
+    T = x.shape[0]
+    x2 = x.reshape(T, -1)
+    n = x2.shape[1]
+    spikes = torch.empty(x.shape, dtype=out_dtype)
+    if out_dtype == torch.bfloat16:
+        s_np, one = spikes.view(torch.int16).reshape(T, n).numpy(), BF16_ONE
+    else:
+        s_np, one = spikes.reshape(T, n).numpy(), 1.0
+    one_t, zero_t = s_np.dtype.type(one), s_np.dtype.type(0)
+    theta = np.float32(threshold)
+    if not keep_u:
+        _run(kernels["fwd_no_u"], n, x2.numpy(), s_np, theta, one_t, zero_t)  # type: ignore[index]
+        return spikes, None
+    u = torch.empty(x.shape, dtype=torch.float32)
+    _run(kernels["fwd"], n, x2.numpy(), s_np, u.reshape(T, n).numpy(), theta, one_t, zero_t)  # type: ignore[index]
+    return spikes, u
+
+
+def backward(u: torch.Tensor, grad_s: torch.Tensor, threshold: float, kind: str, gamma: float) -> torch.Tensor:
+    """Fused BPTT: ∂L/∂I ``[T, ...]`` float32 from the saved membrane u and ∂L/∂s (float32)."""
+    kernels = _state["kernels"]
+    T = u.shape[0]
+    gs = grad_s.float().contiguous()
+    gx = torch.empty_like(u)
+    _run(kernels["bwd"], u[0].numel(), u.reshape(T, -1).numpy(), gs.reshape(T, -1).numpy(),  # type: ignore[index]
+         gx.reshape(T, -1).numpy(), np.float32(threshold), KIND_CODES[kind], np.float32(gamma))
+    return gx
