@@ -90,3 +90,27 @@ def trained_snn():
 @pytest.fixture(scope="session")
 def test_patterns() -> tuple[torch.Tensor, torch.Tensor]:
     return patterns(32, seed=1)
+
+
+@pytest.fixture(scope="session")
+def digits_cache(tmp_path_factory):
+    """A small cache of the embedded digits (16×16, 4 frames) and two untrained tiny checkpoints.
+
+    Returns (train cache path, target checkpoint, source checkpoint).
+    """
+    from dvsguard.data.frames import FramingConfig
+    from dvsguard.data.preprocess import preprocess
+    from dvsguard.data.synth import SynthConfig, make_digits
+    from dvsguard.snn.checkpoint import model_payload, save_checkpoint
+    from dvsguard.snn.vgg import SpikingVGG, VGGConfig
+
+    root = tmp_path_factory.mktemp("digits")
+    make_digits(root / "rec", SynthConfig(per_class=10, size=16, seed=5))
+    result = preprocess(str(root / "rec"), root / "cache", FramingConfig(n_frames=4, height=16, width=16),
+                        workers=1, progress=False)
+    paths = []
+    for seed, name in ((0, "target"), (1, "source")):
+        torch.manual_seed(seed)
+        model = SpikingVGG(VGGConfig.preset("tiny", num_classes=10))
+        paths.append(save_checkpoint(root / name / "model.pt", {"model": model_payload(model)}))
+    return result.train, paths[0], paths[1]

@@ -18,9 +18,10 @@ def test_paper_members_and_gamma_grid() -> None:
     assert len(grid) == 30 and grid[0] == GradientMode("triangle", 0.1) and grid[-1] == GradientMode("triangle", 3.0)
 
 
-@pytest.mark.parametrize("name,eps", [("pgd5", 16 / 255), ("fgsm", 24 / 255), ("apgd5", 16 / 255)])
+@pytest.mark.parametrize("name,eps", [("pgd3", 16 / 255), ("fgsm", 24 / 255), ("apgd3", 16 / 255)])
 def test_early_exit_equals_exhaustive(name, eps, trained_snn, test_patterns) -> None:
     x, y = test_patterns
+    x, y = x[:, :20], y[:20]
     ids = torch.arange(100, 100 + x.shape[1])
     attack = make_attack(name, eps, seed=3)
     fast = Ensemble(attack, early_exit=True).run(trained_snn, x, y, ids)

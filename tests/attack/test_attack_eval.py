@@ -1,0 +1,148 @@
+"""Robust-accuracy evaluation and the ``dvsguard attack`` command, end to end on embedded digits."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dvsguard.attack.evaluate import (
+    EvalConfig,
+    Tally,
+    evaluate,
+    eps_label,
+    markdown_table,
+    parse_eps_list,
+    result_keys,
+    rows,
+    run,
+    select_indices,
+)
+from dvsguard.errors import AttackError
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from dvsguard.cli import main; main()", *args],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+
+
+def test_parse_and_label_eps() -> None:
+    assert parse_eps_list("8/255, 4/255,0.1") == pytest.approx((8 / 255, 4 / 255, 0.1))
+    assert eps_label(8 / 255) == "8/255" and eps_label(0.031) == "0.031"
+    with pytest.raises(AttackError, match="not a number"):
+        parse_eps_list("eight")
+    with pytest.raises(AttackError, match="> 0"):
+        parse_eps_list("0")
+    with pytest.raises(AttackError, match="unknown attack"):
+        EvalConfig(attacks=("clean", "deepfool"))
+
+
+def test_ranks_split_the_samples() -> None:
+    full = select_indices(50, 20, seed=3)
+    assert len(full) == 20 and full == sorted(full) and len(set(full)) == 20
+    parts = [select_indices(50, 20, seed=3, rank=r, world=3) for r in range(3)]
+    assert sorted(sum(parts, [])) == full
+    assert select_indices(50, 20, seed=4) != full
+    assert select_indices(5, None, seed=0) == [0, 1, 2, 3, 4]
+
+
+def test_table_has_attack_rows_and_box_columns() -> None:
+    cfg = EvalConfig(attacks=("clean", "fgsm", "pgd10"), eps=(8 / 255,))
+    keys = result_keys(cfg, black_box=True)
+    tally = Tally(correct={k: i for i, k in enumerate(keys)}, total=10)
+    table = markdown_table(rows(tally, keys), cfg.eps)
+    lines = table.splitlines()
+    assert lines[0] == "| Attack | White box | Black box |"
+    assert lines[3] == "| FGSM | 20.00 | 30.00 |"
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| Clean", "| FGSM", "| PGD10"]
+
+
+def test_counts_do_not_depend_on_the_batch_size(trained_snn, test_patterns) -> None:
+    x, y = test_patterns
+    x, y = x[:, :16], y[:16]
+    cfg = EvalConfig(attacks=("clean", "pgd2", "random"), eps=(16 / 255,), seed=2)
+    ids = torch.arange(x.shape[1])
+
+    def batches(size):
+        return [(x[:, i : i + size], y[i : i + size], ids[i : i + size]) for i in range(0, x.shape[1], size)]
+
+    a = evaluate(trained_snn, batches(16), cfg)
+    b = evaluate(trained_snn, batches(5), cfg)
+    assert a.correct == b.correct and a.total == b.total == x.shape[1]
+    assert a.correct[("pgd2", 16 / 255, "white")] < a.correct[("clean", 0.0, "white")]
+
+
+def test_run_writes_json_markdown_and_plot(digits_cache, tmp_path) -> None:
+    train, target, source = digits_cache
+    cfg = EvalConfig(attacks=("clean", "fgsm", "random"), eps=(8 / 255, 16 / 255), limit=6, batch_size=4, seed=1)
+    result = run(target, train, cfg, source=source, out_dir=tmp_path)
+    assert result["n_samples"] == 6 and result["cache"].endswith(".h5") and "-test-" in result["cache"]
+    assert set(result["paths"]) == {"json", "md", "png"}
+    on_disk = json.loads((tmp_path / "attack.json").read_text())
+    assert on_disk["results"] == json.loads(json.dumps(result["results"]))
+    assert len(on_disk["results"]) == 2 + 2 * 2 * 2  # clean ×2 settings, 2 attacks × 2 ε × 2 settings
+    assert (tmp_path / "robust_vs_eps.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| Attack |" in (tmp_path / "attack.md").read_text()
+    again = run(target, train, EvalConfig(**{**cfg.__dict__, "batch_size": 5}), source=source, out_dir=tmp_path / "b")
+    assert again["results"] == result["results"]
+
+
+def test_cli_attack_json(digits_cache, tmp_path) -> None:
+    train, target, source = digits_cache
+    proc = run_cli("attack", str(target), "--cache", str(train), "--attacks", "clean,fgsm,pgd2,apgd2",
+                   "--eps", "8/255", "--source", str(source), "--limit", "5", "--batch", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["paths"]["json"] == str(target.parent / "attack.json")
+    assert (target.parent / "attack.md").is_file() and "png" not in result["paths"]
+    assert result["members"] == ["triangle:1", "sigmoid:4", "atan:2", "rga"]
+    settings = {(r["attack"], r["setting"]) for r in result["results"]}
+    assert ("apgd2", "black") in settings and ("pgd2", "white") in settings
+    clean = result["clean_accuracy"]
+    assert all(r["accuracy"] <= clean for r in result["results"])
+
+    human = run_cli("attack", str(target), "--cache", str(train), "--attacks", "clean,fgsm", "--no-ensemble",
+                    "--limit", "3", "--out", str(tmp_path))
+    assert human.returncode == 0, human.stderr
+    assert "| Attack | White box |" in human.stdout and (tmp_path / "attack.json").is_file()
+
+
+def test_cli_errors_are_one_line(digits_cache, tmp_path) -> None:
+    train, target, _ = digits_cache
+    proc = run_cli("attack", str(target), "--cache", str(train), "--attacks", "clean,deepfool")
+    assert proc.returncode == 1 and "deepfool" in proc.stderr and proc.stderr.strip().count("\n") == 0
+    proc = run_cli("attack", str(tmp_path / "missing.pt"), "--cache", str(train))
+    assert proc.returncode == 1 and "missing.pt" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("attack", str(target), "--cache", str(train), "--split", "validation")
+    assert proc.returncode == 1 and "validation" in proc.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_match_one_process(digits_cache, tmp_path) -> None:
+    train, target, source = digits_cache
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed")
+    args = ["attack", str(target), "--cache", str(train), "--attacks", "clean,fgsm,pgd2", "--eps", "16/255",
+            "--source", str(source), "--limit", "7", "--batch", "2", "--json"]
+    single = run_cli(*args, "--out", str(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr
+    script = tmp_path / "entry.py"
+    script.write_text("from dvsguard.cli import main\nmain()\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    multi = subprocess.run([torchrun, "--nproc-per-node", "2", "--master-port", "29517", str(script), *args,
+                            "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=600, env=env)
+    assert multi.returncode == 0, multi.stderr
+    one = json.loads(single.stdout.strip().splitlines()[-1])
+    two = json.loads(multi.stdout.strip().splitlines()[-1])
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    assert [r["correct"] for r in two["results"]] == [r["correct"] for r in one["results"]]
+    assert two["n_samples"] == 7
