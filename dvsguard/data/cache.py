@@ -14,9 +14,10 @@ splits of one build share it and find each other by name):
   ``value_range`` (frames at the model's door are float32 ``count / count_cap`` in it),
   ``siblings`` (JSON ``{split: file name}``), ``failed`` (JSON ``[[file, cause], ...]``).
 
-A build writes ``<name>.h5.partial``; every ``commit_every`` samples it flushes, fsyncs and
-marks those samples ``done``. A rerun checks the CRC of every sample marked done and frames
-only the rest (an unreadable partial file is started afresh). When every recording is
+A build writes ``<name>.h5.partial``; every ``commit_every`` samples (or 5 s) it records
+their CRCs, marks them ``done``, flushes and fsyncs. A rerun checks the CRC of every sample
+marked done and frames only the rest (an unreadable partial file is started afresh), so a
+build killed at any moment resumes without trusting half-written data. When every recording is
 framed (or failed), the whole file is verified, marked ``complete``, fsynced and renamed
 to its final name. Recordings that cannot be read are reported (one line each), skipped and
 listed in ``failed``; the finished cache then holds only the good samples.
@@ -356,7 +357,7 @@ def build_cache(
     source_root: str | os.PathLike | None = None,
     key: str | None = None,
     workers: int = 2,
-    commit_every: int = 64,
+    commit_every: int = 128,
     compression: str | None = COMPRESSION,
     on_sample: Callable[[int], None] | None = None,
     progress: bool = True,
@@ -445,19 +446,20 @@ def _build_locked(path: Path, items: list[Item], classes: Sequence[str], cfg: Fr
         results = pool.imap_unordered(_frame_job, jobs, chunksize=1) if pool else map(_frame_job, jobs)
         with h5py.File(partial, "r+") as f, make_progress() as bar:
             task = bar.add_task(f"framing {split}", total=n, completed=n_resumed, visible=progress)
-            frames_ds, crc_ds = f["frames"], f["crc"]
-            pending: list[int] = []
+            frames_ds = f["frames"]
+            pending: dict[int, int] = {}  # index -> crc of samples written since the last commit
             last_commit = time.monotonic()
 
             def commit() -> None:
+                # one flush + fsync: a sample marked done whose frames did not reach the disk
+                # fails its CRC on resume and is framed again, so no write ordering is needed
                 if pending:
-                    f.flush()
-                    os.fsync(f.id.get_vfd_handle())
                     idx = np.array(sorted(pending))
-                    done[idx] = True
+                    f["crc"][idx] = np.array([pending[i] for i in idx], dtype=np.uint32)
                     f["done"][idx] = 1
                     f.flush()
                     os.fsync(f.id.get_vfd_handle())
+                    done[idx] = True
                     pending.clear()
 
             for index, frames, crc, error in results:
@@ -466,8 +468,7 @@ def _build_locked(path: Path, items: list[Item], classes: Sequence[str], cfg: Fr
                     log.warning("skipped %s", error)
                 else:
                     frames_ds[index] = frames
-                    crc_ds[index] = crc
-                    pending.append(index)
+                    pending[index] = crc
                 bar.advance(task)
                 if len(pending) >= commit_every or time.monotonic() - last_commit > 5.0:
                     commit()
