@@ -193,15 +193,16 @@ def _render(image: np.ndarray, canvas: int, scale: float, angle: float, offset: 
     return np.clip(drawn, 0.0, 1.0).astype(np.float32)
 
 
-def _saccade_path(rng: np.random.Generator, n: int) -> np.ndarray:
-    """[n, 2] (dx, dy) px: three smooth saccades between random waypoints, starting at 0."""
+def _saccade_path(rng: np.random.Generator, n: int, unit: float) -> np.ndarray:
+    """[n, 2] (dx, dy) px: three smooth saccades of 1.5-3.5 ``unit`` px between random
+    waypoints (kept within ±5 ``unit`` of the rest position), plus a small tremor."""
     waypoints = np.zeros((4, 2))
     for i in range(1, 4):
         angle = rng.uniform(0, 2 * np.pi)
-        amplitude = rng.uniform(1.5, 3.5)
+        amplitude = rng.uniform(1.5, 3.5) * unit
         waypoints[i] = waypoints[i - 1] + amplitude * np.array([np.cos(angle), np.sin(angle)])
-    waypoints -= waypoints.mean(axis=0) * rng.uniform(0.5, 1.0)  # not always starting at rest
-    waypoints = np.clip(waypoints, -5.0, 5.0)
+    waypoints -= waypoints.mean(axis=0) * rng.uniform(0.5, 1.0)  # start somewhere near the rest position
+    waypoints = np.clip(waypoints, -5.0 * unit, 5.0 * unit)
     u = np.linspace(0.0, 3.0, n)
     seg = np.minimum(u.astype(int), 2)
     frac = u - seg
@@ -232,20 +233,21 @@ def _batch(cfg: SynthConfig, images: np.ndarray, batch_index: int) -> list[np.nd
     """Simulate one batch of recordings; returns their EVENT_DTYPE arrays (sorted by t)."""
     rng = np.random.default_rng([cfg.seed, batch_index])
     n, size, steps = len(images), cfg.size, cfg.n_steps
-    margin = 8
+    unit = size / 48.0  # motion scales with the sensor: a few pixels at 48×48
+    margin = int(np.ceil(5.5 * unit)) + 2
     canvas = size + 2 * margin
     times = np.linspace(0.0, float(cfg.duration_us), steps + 1)
     log_frames = np.empty((steps + 1, n, size, size), dtype=np.float32)
     for b in range(n):
         scale = size / 8.0 * rng.uniform(0.55, 0.75)
-        digit = _render(images[b], canvas, scale, rng.normal(0.0, 0.15), rng.uniform(-4, 4, 2))
+        digit = _render(images[b], canvas, scale, rng.normal(0.0, 0.15), rng.uniform(-4, 4, 2) * unit)
         background, ink = rng.uniform(0.05, 0.3), rng.uniform(0.55, 1.0)
         scene = background + (ink - background) * digit
-        if rng.random() < cfg.occlusion:  # a static card in front of the monitor
+        frames = _windows(scene, _saccade_path(rng, steps + 1, unit), margin, size)
+        if rng.random() < cfg.occlusion:  # a static card between monitor and sensor hides a part
             h, w = rng.integers(size // 5, size // 3, 2)
-            y0, x0 = rng.integers(margin, margin + size - h), rng.integers(margin, margin + size - w)
-            scene[y0:y0 + h, x0:x0 + w] = rng.uniform(0.05, 0.5)
-        frames = _windows(scene, _saccade_path(rng, steps + 1), margin, size)
+            y0, x0 = rng.integers(0, size - h), rng.integers(0, size - w)
+            frames[:, y0:y0 + h, x0:x0 + w] = rng.uniform(0.05, 0.5)
         log_frames[:, b] = np.log(frames + 0.02)
     if cfg.log_noise > 0:
         noise = rng.standard_normal(log_frames.shape, dtype=np.float32)
@@ -387,7 +389,7 @@ def make_digits(out_dir: str | os.PathLike, cfg: SynthConfig | None = None, work
     meta = {"format": FORMAT, "config": asdict(cfg), "classes": list(CLASSES), "sensor_size": list(sensor)}
     _atomic_text(out / "synth.json", json.dumps(meta, indent=2) + "\n")
     seconds = time.perf_counter() - start
-    log.info("wrote %d recordings (%.0f events each on average) to %s in %.1f s", total, np.mean(counts), out, seconds)
+    log.debug("wrote %d recordings (%.0f events each on average) to %s in %.1f s", total, np.mean(counts), out, seconds)
     return {
         "out_dir": str(out),
         "n_recordings": total,
