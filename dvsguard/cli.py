@@ -158,6 +158,7 @@ def train(
     limit_test: int = typer.Option(None, "--limit-test", min=1, help="Evaluate on a fixed seeded subset of N test samples."),
     robust_limit: int = typer.Option(256, "--robust-limit", min=0, help="Test samples of the per-epoch FGSM check (0: off)."),
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
+    threads: int = typer.Option(None, "--threads", min=1, help="Intra-op CPU threads per process (default: torch's choice)."),
     device: str = typer.Option("auto", "--device", help="auto (GPU if present), cpu, cuda or cuda:N."),
     amp: bool = typer.Option(False, "--amp", help="bf16 autocast for convolutions and linear layers."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
@@ -173,7 +174,7 @@ def train(
         pgd_steps=pgd_steps, pgd_alpha=parse_eps(pgd_alpha) if pgd_alpha is not None else None, seed=seed,
         augment=not no_augment, limit_train=limit_train, limit_test=limit_test, robust_limit=robust_limit, amp=amp,
     )
-    result = run_train(cfg, out, resume=resume, workers=workers, device=device)
+    result = run_train(cfg, out, resume=resume, workers=workers, device=device, threads=threads)
     if result["rank"] != 0:  # under torchrun only rank 0 reports
         return
     _emit(

@@ -3,7 +3,8 @@
 A defense has ``loss(model, x, y) -> (loss, logits)`` with ``x [T, B, 2, H, W]`` in frame
 units, ``y [B]``, a scalar loss and the logits ``[B, K]`` of the batch it trained on (the
 adversarial batch for adversarial training), plus ``after_step(model)`` called after each
-optimizer step. Adversarial examples are made with the model in eval mode (BatchNorm uses
+optimizer step. SR defenses also keep ``last_terms`` (``{"ce", "sr"}`` of the last batch, detached)
+for logging. Adversarial examples are made with the model in eval mode (BatchNorm uses
 running statistics) and the model's mode is restored before the loss pass.
 
 Names: ``vanilla``, ``sr``, ``fgsm-at``, ``pgd-at``, ``sr-star``, ``rat``.
@@ -124,9 +125,13 @@ class SparsityRegularization:
     name: str = "sr"
     weight_decay_allowed: bool = True
 
+    last_terms: dict[str, Tensor] = field(default_factory=dict, repr=False)
+
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         reg, logits = sparsity_regularizer(model, x, y, h=self.h, form=self.form)  # type: ignore[arg-type]
-        return cross_entropy(logits, y) + self.lam * reg, logits
+        ce = cross_entropy(logits, y)
+        self.last_terms = {"ce": ce.detach(), "sr": reg.detach()}
+        return ce + self.lam * reg, logits
 
     def after_step(self, model: nn.Module) -> None:
         return None
@@ -160,10 +165,14 @@ class SRStar:
     name: str = "sr-star"
     weight_decay_allowed: bool = True
 
+    last_terms: dict[str, Tensor] = field(default_factory=dict, repr=False)
+
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         x_adv = self.adversary(model, x, y)
         reg, logits = sparsity_regularizer(model, x_adv, y, h=self.h, form=self.form)  # type: ignore[arg-type]
-        return cross_entropy(logits, y) + self.lam * reg, logits
+        ce = cross_entropy(logits, y)
+        self.last_terms = {"ce": ce.detach(), "sr": reg.detach()}
+        return ce + self.lam * reg, logits
 
     def after_step(self, model: nn.Module) -> None:
         return None

@@ -157,6 +157,7 @@ class EpochStats:
     correct: float = 0.0
     seen: float = 0.0
     steps: int = 0
+    term_sums: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------ small utilities
@@ -422,6 +423,8 @@ class Trainer:
             stats.correct += float((logits.detach().argmax(1) == y).sum())
             stats.seen += y.numel()
             stats.steps += 1
+            for name, value in getattr(self.defense, "last_terms", {}).items():
+                stats.term_sums[name] = stats.term_sums.get(name, 0.0) + float(value) * y.numel()
         return stats
 
     def run(self, resume: bool = False) -> dict[str, Any]:
@@ -444,7 +447,9 @@ class Trainer:
             stats = self._train_epoch(epoch)
             self.scheduler.step()
             _check_finite_weights(self.model, epoch + 1)
-            loss_sum, correct, seen = dist_utils.all_sum([stats.loss_sum, stats.correct, stats.seen], ctx)
+            term_names = sorted(stats.term_sums)
+            loss_sum, correct, seen, *term_sums = dist_utils.all_sum(
+                [stats.loss_sum, stats.correct, stats.seen, *(stats.term_sums[n] for n in term_names)], ctx)
             train_seconds = time.perf_counter() - t0
             metrics: dict[str, Any] = {
                 "epoch": epoch + 1,
@@ -452,6 +457,7 @@ class Trainer:
                 "train_loss": loss_sum / max(seen, 1.0),
                 "train_acc": correct / max(seen, 1.0),
                 "train_n": int(seen),
+                **{f"train_{n}": v / max(seen, 1.0) for n, v in zip(term_names, term_sums)},
             }
             metrics.update(evaluate(self.wrapped, cfg, self.test_path, self.test_info.n_samples,
                                     tuple(self.info.value_range), ctx, self.workers))
@@ -492,14 +498,18 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False, workers: int = 0,
-          device: str = "auto") -> dict[str, Any]:
+          device: str = "auto", threads: int | None = None) -> dict[str, Any]:
     """Train a SpikingVGG on ``cfg.cache`` with ``cfg.defense``; write checkpoints and metrics to ``out_dir``.
 
     Joins a ``torchrun`` process group when launched by one (DDP; rank 0 logs and writes).
+    ``threads`` sets torch's intra-op CPU threads (default: torch's choice); ``workers`` is the
+    number of DataLoader processes. Neither changes the settings a resumed run must match.
     Returns a summary (paths written, epochs run, best and final accuracies). Raises
     TrainError on a nan/inf loss (the last good checkpoint stays), ConfigError on bad
     settings, CacheError/CheckpointError on bad files.
     """
+    if threads is not None:
+        torch.set_num_threads(threads)
     ctx = dist_utils.setup(device)
     try:
         return Trainer(cfg, out_dir, workers=workers, ctx=ctx).run(resume=resume)
