@@ -379,27 +379,37 @@ def build_cache(
     siblings = {k: Path(v).name for k, v in (siblings or {split: path}).items()}
     siblings.setdefault(split, path.name)
     if path.exists():
-        try:
-            info = open_cache(path)
-        except CacheError as exc:
-            raise CacheError(f"{exc}; remove it to rebuild") from None
-        if info.key != key:
-            raise CacheError(f"{path}: holds a cache of other inputs (key {info.key}, expected {key}); remove it")
-        return BuildResult(path, info.n_samples, 0, 0, list(info.failed), time.perf_counter() - start, reused=True)
+        return _reuse(path, key, start)
 
     lock_path = path.with_name(path.name + ".lock")
     lock = open(lock_path, "w")
+    locked = False
     try:
         try:
             # a POSIX record lock: released when this process dies, and not inherited by the workers
             fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = True
         except OSError:
             raise CacheError(f"{path}: another process is building this cache (lock {lock_path} is held)") from None
+        if path.exists():  # finished by another process meanwhile
+            return _reuse(path, key, start)
         return _build_locked(path, items, classes, cfg, split, source, siblings, source_root, key, workers,
                              commit_every, compression, on_sample, progress, start)
     finally:
-        lock_path.unlink(missing_ok=True)
+        if locked:
+            lock_path.unlink(missing_ok=True)
         lock.close()
+
+
+def _reuse(path: Path, key: str, start: float) -> BuildResult:
+    """The finished cache at ``path``, checked to be valid and built from the same inputs."""
+    try:
+        info = open_cache(path)
+    except CacheError as exc:
+        raise CacheError(f"{exc}; remove it to rebuild") from None
+    if info.key != key:
+        raise CacheError(f"{path}: holds a cache of other inputs (key {info.key}, expected {key}); remove it")
+    return BuildResult(path, info.n_samples, 0, 0, list(info.failed), time.perf_counter() - start, reused=True)
 
 
 def _build_locked(path: Path, items: list[Item], classes: Sequence[str], cfg: FramingConfig, split: str,

@@ -210,6 +210,7 @@ def test_concurrent_build_is_refused(tmp_path: Path, items: list[tuple[Path, int
         assert holder.stdout.readline().strip() == "1"  # type: ignore[union-attr]
         with pytest.raises(CacheError, match="another process"):
             build(path, items)
+        assert lock.exists()  # the holder's lock file is left alone
     finally:
         holder.kill()
         holder.wait()
