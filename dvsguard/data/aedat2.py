@@ -14,11 +14,14 @@ uint32 timestamp in µs. The DVS128 address packs
 
 The recording rig of CIFAR10-DVS had the sensor rotated, so, as spikingjelly's CIFAR10-DVS
 loader does, the image-upright coordinates are ``x = 127 - raw_y``, ``y = 127 - raw_x`` and
-ON polarity is ``p = 1 - raw_p``. Bits above 14 are ignored.
+ON polarity is ``p = 1 - raw_p``. Addresses with bit 15 or higher set are not polarity events
+(bit 15 marks external events): a few are dropped; a file made mostly of them is rejected as
+another sensor's layout.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -26,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from dvsguard.errors import RecordingError
+
+log = logging.getLogger(__name__)
 
 SENSOR_SIZE = (128, 128, 2)
 """DVS128: (W, H, 2)."""
@@ -69,6 +74,17 @@ def decode_aedat2_dvs128(path: Path) -> dict[str, np.ndarray]:
     raw = np.frombuffer(data, dtype=_RAW, offset=start)
     address = raw["address"].astype(np.uint32)
     t = raw["t"].astype(np.int64)
+    foreign = address >= (1 << 15)  # bit 15: DVS128 external events; higher bits: other sensors
+    if foreign.mean() > 0.01:
+        raise RecordingError(
+            f"{path}: {foreign.mean():.0%} of the addresses use bits above 14, so this is not a DVS128 "
+            "recording (AEDAT 2.0 files of DAVIS sensors use another address layout)"
+        )
+    if foreign.any():
+        log.debug("%s: dropping %d external/special events", path, int(foreign.sum()))
+        address, t = address[~foreign], t[~foreign]
+        if not address.size:
+            raise RecordingError(f"{path}: AEDAT 2.0 file holds no polarity events")
     # 32-bit µs timestamps wrap after ~71.6 min; unwrap so t stays monotonic.
     wraps = np.diff(t) < -(1 << 31)
     if wraps.any():

@@ -143,6 +143,20 @@ def test_aedat2_writer_round_trip_and_timestamp_unwrap(tmp_path: Path) -> None:
     np.testing.assert_array_equal(cols["t"] - cols["t"][0], wrapped["t"] - wrapped["t"][0])
 
 
+def test_aedat2_external_events_dropped_and_davis_layout_rejected(tmp_path: Path) -> None:
+    header = b"#!AER-DAT2.0\r\n"
+    dt = [("a", ">u4"), ("t", ">u4")]
+    addresses = [(3 << 8) | (4 << 1)] * 199 + [1 << 15]  # one external event among 200
+    raw = np.array(list(zip(addresses, range(200))), dtype=dt)
+    (tmp_path / "ext.aedat").write_bytes(header + raw.tobytes())
+    rec = read_events(tmp_path / "ext.aedat")
+    assert len(rec.events) == 199 and rec.events["t"][-1] == 198
+    davis = np.array([((100 << 22) | (200 << 12) | (1 << 11), i) for i in range(50)], dtype=dt)
+    (tmp_path / "davis.aedat").write_bytes(header + davis.tobytes())
+    with pytest.raises(RecordingError, match="not a DVS128 recording"):
+        read_events(tmp_path / "davis.aedat")
+
+
 def test_tonic_read_dvs_128_still_cannot_read_aedat2(tmp_path: Path) -> None:
     """Why the project decodes AEDAT 2.0 itself: when tonic's reader works, switch to it."""
     tonic_io = pytest.importorskip("tonic.io")
