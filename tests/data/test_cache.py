@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import h5py
@@ -144,12 +145,15 @@ def test_sigkilled_build_resumes_and_equals_a_clean_build(tmp_path: Path) -> Non
     path = tmp_path / "killed" / "c.h5"
     spec = json.dumps({"path": str(path), "items": [(str(p), y) for p, y in items], "classes": CLASSES, "cfg": CFG.to_dict()})
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, spec], stdout=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(180, proc.kill)  # never hang the suite on a stuck child
+    watchdog.start()
     try:
         written = [proc.stdout.readline() for _ in range(12)]  # type: ignore[union-attr]
         assert all(line.strip() for line in written), "the build ended before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
+        watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
