@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -82,6 +83,7 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="dvsguard-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     cfg = FramingConfig()
+    load0 = os.getloadavg()[0]
     try:
         rec = work / "recordings"
         if args.events:
@@ -124,7 +126,8 @@ def main() -> None:
         reads = {label: timed(lambda p=path: read_ours(p))[0] for label, (_, path) in builds.items()}
 
         size_tonic = sum(p.stat().st_size for p in (work / "tonic").iterdir())
-        print(f"\n{what}; frames {cfg.n_frames}x2x{cfg.height}x{cfg.width}, {len(order)} random reads\n")
+        print(f"\n{what}; frames {cfg.n_frames}x2x{cfg.height}x{cfg.width}, {len(order)} random reads")
+        print(f"{os.cpu_count()} CPUs; load average at start {load0:.1f}, at end {os.getloadavg()[0]:.1f}\n")
         head = f"{'':32} {'build s':>8} {'x tonic':>8} {'reads/s':>9} {'x tonic':>8} {'MB':>7}"
         print(head)
         print("-" * len(head))
