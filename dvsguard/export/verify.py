@@ -79,7 +79,7 @@ def run_lava_many(
     started = time.time()
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="dvsguard-lava-") as tmp:
-        cmd = [str(python), str(RUNNER)]
+        cmd = [str(python), "-I", str(RUNNER)]  # -I: no script folder, user site or PYTHON* variables
         outs = []
         for i, (netfile, frames) in enumerate(jobs):
             frames = np.asarray(frames)
