@@ -210,7 +210,7 @@ def measure_model(model: nn.Module, samples: Samples, settings: AnalysisSettings
         norms = gradient_norms(res.g, settings.l0_tol, relative=True)
         size = norms.size
         gen = torch.Generator().manual_seed(seed * 1_000_003 + ids[0])
-        rr, rr_se = rho_rand(model, x, y, res.wrong, eps_t, settings.mc_draws, gen)
+        rr, rr_se = rho_rand(model, x, y, res.wrong, eps_t, settings.mc_draws, gen, chunk=max(1, 64 // x.shape[1]))
         ra = rho_adv(model, x, y, res.wrong, eps_t, res.g, steps=settings.adv_steps)
         ratio_emp = torch.where(rr > 0, ra / rr.clamp_min(1e-300), torch.full_like(rr, float("nan")))
         per["label"] += y.tolist()

@@ -244,6 +244,15 @@ def overview_section(layout: RunLayout) -> Section:
             rows.append([name, status, secs])
         sec.items.append(Text("Pipeline stages (from pipeline_state.json):"))
         sec.items.append(Table(["stage", "status", "seconds"], rows))
+        for name in ("synth", "preprocess"):
+            result = (stages.get(name) or {}).get("result")
+            if isinstance(result, dict) and result:
+                sec.items.append(Section(f"Data: {name}", [kv_table(_flat(result))], level=3))
+    for toml in sorted(layout.root.glob("*.toml")):
+        try:
+            sec.items.append(Section(f"Pipeline file: {toml.name}", [Pre(toml.read_text())], level=3))
+        except OSError as exc:
+            log.warning("%s: skipped (%s)", toml, exc)
     return sec
 
 
@@ -293,6 +302,9 @@ def training_section(layout: RunLayout, assets: Path) -> Section | None:
     return sec
 
 
+ATTACK_INFO = ("checkpoint", "source", "cache", "split", "n_samples", "seed", "ensemble", "members", "eps", "seconds")
+
+
 def attack_section(layout: RunLayout) -> Section | None:
     """Per attacked model: the robustness table(s) from attack.json (or attack.md) and its figures."""
     if not layout.attack:
@@ -301,15 +313,16 @@ def attack_section(layout: RunLayout) -> Section | None:
     for name, folder in layout.attack.items():
         sub = Section(name, level=3)
         doc = _read_json(folder / "attack.json") if (folder / "attack.json").is_file() else None
+        if isinstance(doc, dict):
+            info = {k: doc[k] for k in ATTACK_INFO if k in doc}
+            if info:
+                sub.items.append(kv_table(info))
         tables = attack_tables(doc) if doc is not None else []
         if not tables and (folder / "attack.md").is_file():
             tables = markdown_tables((folder / "attack.md").read_text())
+        if tables:
+            sub.items.append(Text("Accuracy (%) under attack:"))
         sub.items += tables
-        if isinstance(doc, dict):
-            info = {k: doc[k] for k in ("checkpoint", "source", "eps", "n", "limit", "seed", "ensemble", "black_box")
-                    if k in doc and not isinstance(doc[k], (dict, list)) or k == "eps" and k in doc}
-            if info:
-                sub.items.insert(0, kv_table(info))
         for png in sorted(folder.glob("*.png")):
             sub.items.append(Image(png, f"{name}: {png.stem.replace('_', ' ')}"))
         if not sub.items:
@@ -319,17 +332,18 @@ def attack_section(layout: RunLayout) -> Section | None:
 
 
 def attack_tables(doc: Any) -> list[Table]:
-    """Tables of an attack.json: its ``rows``/``results``/``table`` list when present, else the whole document."""
+    """The paper-style table of an attack.json (its Markdown ``table``), else its ``results`` records."""
     if isinstance(doc, dict):
-        for key in ("rows", "results", "table", "robustness"):
+        if isinstance(doc.get("table"), str):
+            found = markdown_tables(doc["table"])
+            if found:
+                return found
+        for key in ("results", "rows"):
             if key in doc:
                 t = json_table(doc[key])
                 if t is not None:
                     return [t]
-        nested = [json_table(v) for k, v in doc.items() if isinstance(v, (list, dict))]
-        found = [t for t in nested if t is not None and t.rows]
-        if found:
-            return found
+        return []
     t = json_table(doc)
     return [t] if t is not None else []
 
@@ -373,30 +387,41 @@ def analysis_section(folder: Path | None) -> Section | None:
     return sec
 
 
-def export_section(folder: Path | None) -> Section | None:
-    """Every JSON file of the export folder (manifest, verification) as tables."""
-    if folder is None:
+def _flat(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if not isinstance(v, (dict, list)) or (isinstance(v, list) and len(v) <= 8
+                                                                              and not any(isinstance(x, (dict, list)) for x in v))}
+
+
+def export_section(folder: Path | None, state: dict[str, Any] | None = None) -> Section | None:
+    """Every JSON file of the export folder (manifest) and the export stage's comparison/verification result."""
+    result = ((state or {}).get("stages") or {}).get("export", {}).get("result") if state else None
+    if folder is None and not result:
         return None
     sec = Section("Export")
-    for path in sorted(folder.glob("*.json")):
+    for path in sorted(folder.glob("*.json")) if folder is not None else []:
         doc = _read_json(path)
         if doc is None:
             continue
         sub = Section(path.name, level=3)
         if isinstance(doc, dict):
-            flat = {k: v for k, v in doc.items() if not isinstance(v, (dict, list))}
+            flat = _flat(doc)
             if flat:
                 sub.items.append(kv_table(flat))
             for k, v in doc.items():
-                if isinstance(v, (dict, list)):
-                    t = json_table(v)
-                    if t is not None and t.rows:
-                        sub.items += [Text(k), t]
+                if k in flat:
+                    continue
+                t = json_table(_flat(v) if isinstance(v, dict) and not all(isinstance(x, dict) for x in v.values()) else v)
+                if t is not None and t.rows:
+                    sub.items += [Text(f"{k}:"), t]
         else:
             t = json_table(doc)
             sub.items.append(t if t is not None else Pre(json.dumps(doc, indent=1)[:4000]))
         sec.items.append(sub)
-    for png in sorted(folder.glob("*.png")):
+    if isinstance(result, dict):
+        for key, title in (("compare", "Integer simulator vs PyTorch"), ("verify", "Verification in Lava")):
+            if isinstance(result.get(key), dict):
+                sec.items.append(Section(title, [kv_table(_flat(result[key]))], level=3))
+    for png in sorted(folder.glob("*.png")) if folder is not None else []:
         sec.items.append(Image(png, png.stem.replace("_", " ")))
     if not sec.items:
         sec.items.append(Text("the export folder holds no JSON result yet"))
@@ -496,7 +521,7 @@ def build_report(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     assets = root / ASSETS
     sections = [overview_section(layout)]
     for sec in (training_section(layout, assets), attack_section(layout), analysis_section(layout.analyze),
-                export_section(layout.export)):
+                export_section(layout.export, layout.state)):
         if sec is not None:
             sections.append(sec)
     title = f"dvsguard run: {root.resolve().name}"
