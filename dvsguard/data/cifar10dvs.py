@@ -63,6 +63,26 @@ def _scan(root: Path, suffix: str) -> list[tuple[Path, int]]:
     return sorted(items, key=lambda item: (item[1], _natural_key(item[0])))
 
 
+SEARCH_PLACES: tuple[str, ...] = ("data", "datasets", "~/data", "~/datasets", "~/.cache/tonic", "/data", "/datasets")
+"""Folders (relative to the working directory or absolute) checked for a copy elsewhere."""
+_LAYOUT_DIRS = ("", "CIFAR10DVS", "CIFAR10-DVS", "cifar10dvs", "cifar10-dvs", "CIFAR10DVS/CIFAR10DVS")
+
+
+def find_elsewhere(root: Path) -> Path | None:
+    """A folder other than ``root`` among :data:`SEARCH_PLACES` that holds CIFAR10-DVS class folders."""
+    for place in SEARCH_PLACES:
+        for sub in _LAYOUT_DIRS:
+            candidate = Path(place).expanduser() / sub
+            try:
+                if candidate.resolve() == root.resolve() or not (candidate / "airplane").is_dir():
+                    continue
+                if any((candidate / "airplane").glob("*.aedat*")):
+                    return candidate
+            except OSError:
+                continue
+    return None
+
+
 def _class_zips(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*.zip") if p.stem in _CLASS_INDEX or p.name == "CIFAR10DVS.zip")
 
@@ -118,7 +138,13 @@ def list_cifar10dvs(root: Path, download: bool = False) -> list[tuple[Path, int]
                 return items
     if not download:
         zips = _class_zips(root) if root.is_dir() else []
-        hint = f"found {len(zips)} unextracted zip(s) such as {zips[0].name}; pass download=True (--download) to extract them, or " if zips else "pass download=True (--download) to fetch it when online, or "
+        other = find_elsewhere(root)
+        if other is not None:
+            hint = f"a copy is at {other}: point at that folder (--root {other}), or "
+        elif zips:
+            hint = f"found {len(zips)} unextracted zip(s) such as {zips[0].name}; pass download=True (--download) to extract them, or "
+        else:
+            hint = "pass download=True (--download) to fetch it when online, or "
         raise RecordingError(
             f"{root}: no CIFAR10-DVS recordings (<class>/*.aedat4 or <class>/*.aedat); "
             + hint + _INSTRUCTIONS.format(tonic=TONIC_URL, orig=ORIGINAL_URL, root=root)

@@ -15,6 +15,12 @@ from dvsguard.data.events import EVENT_DTYPE, read_events
 from dvsguard.errors import RecordingError
 
 
+@pytest.fixture(autouse=True)
+def _no_copies_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the messages independent of datasets that happen to lie on this machine."""
+    monkeypatch.setattr(cifar10dvs, "SEARCH_PLACES", ())
+
+
 def _events(n: int = 40, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     ev = np.empty(n, dtype=EVENT_DTYPE)
@@ -81,6 +87,14 @@ def test_missing_dataset_without_download_explains_what_to_do(tmp_path: Path) ->
     msg = str(info.value)
     assert msg.startswith(f"{tmp_path}: no CIFAR10-DVS recordings")
     assert "--download" in msg and "figshare" in msg and "\n" not in msg
+
+
+def test_copy_elsewhere_is_named_in_the_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_original_layout(tmp_path / "store" / "CIFAR10-DVS", per_class=1)
+    monkeypatch.setattr(cifar10dvs, "SEARCH_PLACES", (str(tmp_path / "nowhere"), str(tmp_path / "store")))
+    with pytest.raises(RecordingError) as info:
+        list_cifar10dvs(tmp_path / "empty")
+    assert f"a copy is at {tmp_path / 'store' / 'CIFAR10-DVS'}" in str(info.value)
 
 
 def test_offline_download_gives_one_line_with_instructions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
