@@ -193,7 +193,7 @@ def attack(
     attacks: str = typer.Option("clean,fgsm,pgd10,pgd30,pgd50,apgd10", "--attacks", help="Comma list: clean, fgsm, rfgsm, random, pgd<k>, apgd<k>."),
     eps: str = typer.Option("8/255", "--eps", help="ε in frame units, a comma list draws robust accuracy against ε, e.g. 8/255,4/255."),
     ensemble: bool = typer.Option(True, "--ensemble/--no-ensemble", help="Fooled if any of the gradient modes triangle:1, sigmoid:4, atan:2, rga fools the model."),
-    modes: str = typer.Option(None, "--modes", help="Ensemble gradient modes instead of the paper's four, e.g. triangle:0.5,triangle:2."),
+    modes: str = typer.Option(None, "--modes", help="Ensemble gradient modes instead of the paper's four, e.g. triangle:0.5,rga; grid = 30 triangle widths γ 0.1…3.0."),
     source: Path = typer.Option(None, "--source", help="Black box: craft the examples on this checkpoint, judge them on the target."),
     limit: int = typer.Option(None, "--limit", min=1, help="Attack a fixed seeded subset of N samples."),
     batch: int = typer.Option(64, "--batch", min=1, help="Samples per batch."),

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from dvsguard.attack import make_attack
-from dvsguard.attack.base import ValueRange, eval_mode, predict
-from dvsguard.attack.ensemble import Ensemble, has_spiking_neurons, paper_modes
+from dvsguard.attack.base import ValueRange, eval_mode, parse_mode, predict
+from dvsguard.attack.ensemble import Ensemble, gamma_grid, has_spiking_neurons, paper_modes
 from dvsguard.errors import AttackError
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ class EvalConfig:
             default) and count a sample as fooled if any of them fools it; otherwise the crafting
             model's own gradient mode only.
         modes: gradient modes of the ensemble (``GradientMode`` or strings); None = the paper's.
+            The string ``"grid"`` (or ``"grid:sigmoid"``) stands for 30 surrogates of that shape
+            (default triangle) with widths γ = 0.1, 0.2, …, 3.0 (appendix G).
         early_exit: skip samples already fooled (same result, less work).
         batch_size, limit: samples per batch; evaluate a seeded subset of ``limit`` samples.
         seed: keys every random start (per sample) and the subset.
@@ -74,12 +76,28 @@ class EvalConfig:
             raise AttackError(f"batch size must be >= 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
             raise AttackError(f"limit must be >= 1, got {self.limit}")
+        if self.modes is not None:
+            object.__setattr__(self, "modes", expand_modes(self.modes))
         for name in self.attacks:
             if name != "clean":
                 make_attack(name, 1.0)  # raises AttackError on an unknown name
 
 
 Key = tuple[str, float, str]
+
+
+def expand_modes(modes: Sequence[Any]) -> tuple[Any, ...]:
+    """Gradient modes with ``"grid"``/``"grid:<kind>"`` expanded to :func:`gamma_grid` (γ = 0.1…3.0)."""
+    out: list[Any] = []
+    for mode in modes:
+        if isinstance(mode, str) and mode.strip().lower().startswith("grid"):
+            _, _, kind = mode.strip().lower().partition(":")
+            out += gamma_grid(kind or "triangle")
+        else:
+            out.append(parse_mode(mode))
+    if not out:
+        raise AttackError("the ensemble needs at least one gradient mode")
+    return tuple(out)
 
 
 @dataclass

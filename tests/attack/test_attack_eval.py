@@ -146,3 +146,13 @@ def test_torchrun_two_ranks_match_one_process(digits_cache, tmp_path) -> None:
     assert two["world_size"] == 2 and one["world_size"] == 1
     assert [r["correct"] for r in two["results"]] == [r["correct"] for r in one["results"]]
     assert two["n_samples"] == 7
+
+
+def test_modes_grid_expands_to_thirty_widths() -> None:
+    from dvsguard.snn.surrogate import GradientMode
+
+    cfg = EvalConfig(modes=("grid", "rga"))
+    assert len(cfg.modes) == 31 and cfg.modes[0] == GradientMode("triangle", 0.1) and str(cfg.modes[-1]) == "rga"
+    assert EvalConfig(modes=("grid:atan",)).modes[-1] == GradientMode("atan", 3.0)
+    with pytest.raises(Exception, match="unknown kind"):
+        EvalConfig(modes=("bogus:1",))
