@@ -22,8 +22,12 @@ Formats and the library that reads each:
   ``events`` group; sensor size from attributes ``sensor_size``, ``width``/``height`` or
   ``geometry`` ("WxH").
 
-Where a file does not state its sensor size, it is the smallest that holds the events, or
-the format's typical sensor (logged), unless the caller passes ``sensor_size``.
+Where a file does not state its sensor size (npy, npz/HDF5 without it, Prophesee headers
+without geometry), it is: for Prophesee files, the usual sensor of the generation the header
+names (``plugin_name``, e.g. gen3 → 640×480) or else of the encoding (EVT2 640×480, EVT3
+1280×720, DAT 304×240) when the events fit in it (a debug log notes the guess); otherwise
+the smallest sensor that holds the events. Pass ``sensor_size`` to :func:`read_events` to
+fix it, which matters when a folder of such files is framed at one scale.
 """
 
 from __future__ import annotations
@@ -303,14 +307,16 @@ def _prophesee_header(path: Path) -> tuple[int, dict[str, str]]:
             break
         line = head[pos + 1:end].decode("ascii", "replace").strip()
         key, _, value = line.partition(" ")
+        pos = end + 1
+        if key.lower() == "end":  # newer headers close with "% end"
+            break
         if key:
             info[key.lower()] = value.strip()
-        pos = end + 1
     return pos, info
 
 
 def _prophesee_size(info: dict[str, str]) -> tuple[int, int] | None:
-    """(W, H) from a Prophesee header: geometry, format's width/height, Width/Height, or the sensor generation."""
+    """(W, H) a Prophesee header states: ``geometry``, the ``format`` line's width/height, or Width/Height."""
     if "geometry" in info and (size := _size_pair(info["geometry"])) is not None:
         return size
     fmt = info.get("format", "")
@@ -322,11 +328,16 @@ def _prophesee_size(info: dict[str, str]) -> tuple[int, int] | None:
             return int(info["width"]), int(info["height"])
         except ValueError:
             pass
+    return None
+
+
+def _generation_size(info: dict[str, str], encoding: str) -> tuple[int, int]:
+    """The usual sensor of the generation a header names (plugin or sensor), else of the encoding."""
     hint = " ".join(info.get(k, "") for k in ("plugin_name", "sensor_generation", "sensor_name")).lower()
     for pattern, size in _GENERATION_SIZE:
         if hint.strip() and pattern.search(hint):
             return size
-    return None
+    return _TYPICAL_SIZE[encoding]
 
 
 def _raw_encoding(path: Path, info: dict[str, str]) -> str:
@@ -364,8 +375,8 @@ def _read_prophesee(path: Path) -> tuple[dict[str, np.ndarray], tuple[int, int] 
         raise RecordingError(f"{path}: cannot decode Prophesee {encoding.upper()} ({exc})") from None
     if arr is None:
         raise RecordingError(f"{path}: cannot decode Prophesee {encoding.upper()} (the decoder rejected the stream)")
-    stated = _prophesee_size(info)
-    return {"x": arr["x"], "y": arr["y"], "t": arr["t"], "p": arr["p"]}, stated, _TYPICAL_SIZE[encoding]
+    columns = {"x": arr["x"], "y": arr["y"], "t": arr["t"], "p": arr["p"]}
+    return columns, _prophesee_size(info), _generation_size(info, encoding)
 
 
 # --------------------------------------------------------------------------- entry point
