@@ -82,10 +82,11 @@ class FrameDataset(Dataset):
             except OSError as exc:
                 raise CacheError(f"{self.path}: cannot be opened ({' '.join(str(exc).split())})") from None
             self._frames = self._file["frames"]
+            if self._generator is None or self._pid != os.getpid():
+                worker = get_worker_info()
+                seed = worker.seed if worker is not None else self.seed
+                self._generator = torch.Generator().manual_seed(int(seed) % (2**63))
             self._pid = os.getpid()
-            worker = get_worker_info()
-            seed = worker.seed if worker is not None else self.seed
-            self._generator = torch.Generator().manual_seed(int(seed) % (2**63))
         return self._frames
 
     def counts(self, index: int) -> np.ndarray:
