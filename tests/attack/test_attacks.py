@@ -123,3 +123,19 @@ def test_apgd_restarts_only_improve(tiny, batch) -> None:
         l3 = loss(tiny(three), y, reduction="none")
         fooled3 = tiny(three).argmax(1) != y
     assert torch.all((l3 >= l1 - 1e-5) | fooled3)
+
+
+def test_apgd_first_step_is_a_doubled_fgsm_step_and_keeps_the_better_point(tiny, batch) -> None:
+    x, y = batch
+    x = x.clamp(0.2, 0.8)
+    apgd = make_attack("apgd1", EPS, random_start=False)(tiny, x, y)
+    step = fgsm(tiny, x, y, EPS)  # P(x + 2ε·sign g) = P(x + ε·sign g) inside the ε-ball
+    loss = torch.nn.functional.cross_entropy
+    with torch.no_grad():
+        l_x, l_step = loss(tiny(x), y, reduction="none"), loss(tiny(step), y, reduction="none")
+        fooled = tiny(step).argmax(1) != y
+        wrong = tiny(x).argmax(1) != y  # already misclassified: the start is kept
+    take_step = ((l_step > l_x) | fooled) & ~wrong
+    assert take_step.any()
+    assert torch.equal(apgd[:, take_step], step[:, take_step])
+    assert torch.equal(apgd[:, ~take_step], x[:, ~take_step])
