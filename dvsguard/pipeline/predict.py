@@ -1,0 +1,279 @@
+"""Classify every recording under a folder with a trained model (or its exported netx network).
+
+Recordings are read and framed in DataLoader worker processes (both cores, bounded prefetch)
+with the framing stored in the checkpoint, then classified in batches. One row per file:
+path, predicted class index and name, confidence (softmax of the mean logits), input event
+count and the network's total spike count; a file that cannot be read is listed with its error
+and the rest go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from dvsguard.data.events import read_events
+from dvsguard.data.frames import FramingConfig, events_to_frames, frames_to_float
+from dvsguard.data.preprocess import find_recordings, read_labels
+from dvsguard.errors import ConfigError, DvsguardError, RecordingError
+from dvsguard.progress import make_progress
+from dvsguard.snn.checkpoint import load_model
+from dvsguard.snn.neuron import IFNeuron
+
+log = logging.getLogger(__name__)
+
+FIELDS = ("path", "predicted", "class_name", "confidence", "events", "spikes", "label", "correct",
+          "robust_correct", "error")
+
+
+class _RecordingFrames(Dataset):
+    """Item i: (index, uint8 frames [T, 2, H, W] or None, event count, error message)."""
+
+    def __init__(self, files: Sequence[Path], framing: FramingConfig) -> None:
+        self.files = list(files)
+        self.framing = framing
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, int, str]:
+        try:
+            rec = read_events(self.files[i])
+            return i, events_to_frames(rec, self.framing), int(len(rec.events)), ""
+        except DvsguardError as exc:
+            return i, None, 0, str(exc)
+        except Exception as exc:  # a reader's unexpected failure stays this file's error
+            return i, None, 0, f"{self.files[i]}: {type(exc).__name__}: {exc}"
+
+
+def _collate(items: list[tuple[int, np.ndarray | None, int, str]]) -> list[tuple[int, np.ndarray | None, int, str]]:
+    return items
+
+
+@dataclass
+class PredictResult:
+    """What ``predict`` wrote and measured."""
+
+    out: Path
+    n_files: int
+    n_failed: int
+    accuracy: float | None = None
+    robust_accuracy: float | None = None
+    attack: str | None = None
+    eps: float | None = None
+    backend: str = "torch"
+    failed: list[dict[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out), "n_files": self.n_files, "n_failed": self.n_failed,
+            "accuracy": self.accuracy, "robust_accuracy": self.robust_accuracy, "attack": self.attack,
+            "eps": self.eps, "backend": self.backend, "failed": self.failed,
+        }
+
+
+class _SpikeCounter:
+    """Forward hooks summing every IF layer's spikes per sample (outputs are [T, B, ...])."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.total: torch.Tensor | None = None
+        self.handles = [m.register_forward_hook(self._hook) for m in model.modules() if isinstance(m, IFNeuron)]
+
+    def _hook(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        counts = output.detach().transpose(0, 1).reshape(output.shape[1], -1).sum(1)
+        self.total = counts if self.total is None else self.total + counts
+
+    def take(self) -> torch.Tensor:
+        total, self.total = self.total, None
+        assert total is not None
+        return total
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _labels_for(files: Sequence[Path], root: Path, labels: str | None, classes: Sequence[str]) -> dict[Path, int]:
+    """Map each file to a class index of the model: from a labels CSV or (``"folders"``) sub-folder names."""
+    index = {c: i for i, c in enumerate(classes)}
+    if labels is None:
+        return {}
+    if labels == "folders":
+        pairs = [(f, f.relative_to(root).parts[0]) for f in files if len(f.relative_to(root).parts) > 1]
+    else:
+        items, names = read_labels(Path(labels), root)
+        pairs = [(p, names[i]) for p, i in items]
+    unknown = sorted({name for _, name in pairs if name not in index})
+    if unknown:
+        raise ConfigError(f"labels: class {unknown[0]!r} is not one of the model's classes ({', '.join(classes)})")
+    return {Path(os.path.normpath(p)): index[name] for p, name in pairs}
+
+
+def _writer(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".csv",):
+        return "csv"
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    raise ConfigError(f"{path}: output must end in .csv or .jsonl")
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    kind = _writer(path)
+    buf = io.StringIO()
+    if kind == "csv":
+        w = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in FIELDS})
+    else:
+        for row in rows:
+            buf.write(json.dumps({k: row.get(k) for k in FIELDS}) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", newline="") as fh:
+        fh.write(buf.getvalue())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _batches(loader: DataLoader, batch_size: int) -> Iterator[list[tuple[int, np.ndarray | None, int, str]]]:
+    pending: list[tuple[int, np.ndarray | None, int, str]] = []
+    for chunk in loader:
+        pending.extend(chunk)
+        while len(pending) >= batch_size:
+            yield pending[:batch_size]
+            pending = pending[batch_size:]
+    if pending:
+        yield pending
+
+
+def predict(
+    folder: str | os.PathLike,
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    labels: str | None = None,
+    attack: str | None = None,
+    eps: float | None = None,
+    netx: str | os.PathLike | None = None,
+    batch_size: int = 32,
+    workers: int = 2,
+    seed: int = 0,
+) -> PredictResult:
+    """Classify every recording under ``folder``; write one row per file to ``out`` (.csv/.jsonl).
+
+    ``labels`` is a labels CSV or ``"folders"`` (sub-folder names) and adds accuracy;
+    ``attack``/``eps`` (ε in frame units) add robust accuracy (needs labels); ``netx`` runs the
+    exported Loihi network in Lava's simulator instead of PyTorch.
+    """
+    root = Path(folder)
+    out_path = Path(out)
+    _writer(out_path)
+    if not root.is_dir():
+        raise RecordingError(f"{root}: no such folder of recordings")
+    if attack is not None and (labels is None or eps is None):
+        raise ConfigError("--attack needs --labels (robust accuracy needs true classes) and --eps")
+    if attack is not None and netx is not None:
+        raise ConfigError("--attack and --netx cannot be combined (attacks need PyTorch gradients)")
+    model, payload = load_model(checkpoint)
+    data = payload.get("data", {})
+    framing = FramingConfig.from_dict(data.get("framing") or {})
+    classes = list(data.get("classes") or [str(i) for i in range(model.cfg.num_classes)])
+    value_range = tuple(data.get("value_range") or framing.value_range)
+    files = find_recordings(root, exclude=out_path.parent if out_path.parent != root else None)
+    if not files:
+        raise RecordingError(f"{root}: no recordings found")
+    truth = _labels_for(files, root, labels, classes)
+
+    attacker = None
+    if attack is not None:
+        from dvsguard.attack import make_attack
+
+        attacker = make_attack(attack, float(eps), value_range=value_range, seed=seed)
+    runner = None
+    if netx is not None:
+        from dvsguard.export.verify import LavaPredictor
+
+        runner = LavaPredictor(Path(netx))
+
+    loader = DataLoader(_RecordingFrames(files, framing), batch_size=max(1, batch_size // max(workers, 1)),
+                        num_workers=workers, collate_fn=_collate, prefetch_factor=2 if workers else None,
+                        persistent_workers=False)
+    rows: list[dict[str, Any]] = [{"path": str(f)} for f in files]
+    counter = _SpikeCounter(model)
+    n_correct = n_robust = n_labelled = 0
+    try:
+        with make_progress() as progress:
+            task = progress.add_task("predict", total=len(files))
+            for batch in _batches(loader, batch_size):
+                good = [(i, fr, n) for i, fr, n, err in batch if fr is not None]
+                for i, fr, n, err in batch:
+                    if fr is None:
+                        rows[i]["error"] = err
+                        log.warning("%s", err)
+                if good:
+                    x = torch.from_numpy(np.stack([frames_to_float(fr, framing.count_cap) for _, fr, _ in good], 1))
+                    if runner is not None:
+                        logits = torch.as_tensor(runner.logits(x.numpy()), dtype=torch.float32)
+                        spikes = torch.as_tensor(runner.last_spikes, dtype=torch.float32)
+                    else:
+                        with torch.no_grad():
+                            logits = model(x)
+                        spikes = counter.take()
+                    probs = logits.softmax(1)
+                    conf, pred = probs.max(1)
+                    ys = [truth.get(Path(os.path.normpath(files[i]))) for i, _, _ in good]
+                    for k, (i, _, n) in enumerate(good):
+                        rows[i].update(predicted=int(pred[k]), class_name=classes[int(pred[k])],
+                                       confidence=round(float(conf[k]), 6), events=n, spikes=int(spikes[k]))
+                        if ys[k] is not None:
+                            rows[i].update(label=ys[k], correct=int(pred[k]) == ys[k])
+                            n_labelled += 1
+                            n_correct += int(int(pred[k]) == ys[k])
+                    if attacker is not None:
+                        keep = [k for k, y in enumerate(ys) if y is not None]
+                        if keep:
+                            y_t = torch.tensor([ys[k] for k in keep])
+                            x_k = x[:, keep]
+                            ids = [good[k][0] for k in keep]
+                            x_adv = attacker(model, x_k, y_t, sample_ids=ids)
+                            with torch.no_grad():
+                                adv_pred = model(x_adv).argmax(1)
+                                counter.take()
+                            for j, k in enumerate(keep):
+                                ok = int(adv_pred[j]) == ys[k]
+                                rows[good[k][0]]["robust_correct"] = ok
+                                n_robust += int(ok)
+                progress.advance(task, len(batch))
+    finally:
+        counter.close()
+        if runner is not None:
+            runner.close()
+    _write_rows(out_path, rows)
+    failed = [{"path": r["path"], "error": r["error"]} for r in rows if r.get("error")]
+    return PredictResult(
+        out=out_path,
+        n_files=len(files),
+        n_failed=len(failed),
+        accuracy=round(n_correct / n_labelled, 6) if n_labelled else None,
+        robust_accuracy=round(n_robust / n_labelled, 6) if (attacker is not None and n_labelled) else None,
+        attack=attack,
+        eps=eps,
+        backend="lava" if runner is not None else "torch",
+        failed=failed,
+    )
