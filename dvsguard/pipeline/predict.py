@@ -262,8 +262,6 @@ def predict(
                 progress.advance(task, len(batch))
     finally:
         counter.close()
-        if runner is not None:
-            runner.close()
     _write_rows(out_path, rows)
     failed = [{"path": r["path"], "error": r["error"]} for r in rows if r.get("error")]
     return PredictResult(
