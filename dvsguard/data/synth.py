@@ -18,7 +18,9 @@ with scikit-learn), so the whole pipeline runs offline:
 
 Output: ``OUT_DIR/<class>/<class>_<nnnn>.npz`` (read back by
 :func:`dvsguard.data.events.read_events`), ``OUT_DIR/labels.csv`` (``path,label``, paths
-relative to OUT_DIR) and ``OUT_DIR/synth.json`` (the settings). Everything is a
+relative to OUT_DIR) and ``OUT_DIR/synth.json`` (the settings and each recording's source
+image). scikit-learn has 174-183 images per class, so above that many recordings per class
+some images are used twice, each time with other placement, motion, contrast and noise. Everything is a
 deterministic function of the settings: recordings are generated in fixed batches, each
 with its own generator seeded by (seed, batch index).
 """
@@ -386,7 +388,11 @@ def make_digits(out_dir: str | os.PathLike, cfg: SynthConfig | None = None, work
     writer.writerow(("path", "label"))
     writer.writerows(rows)
     _atomic_text(out / "labels.csv", buf.getvalue())
-    meta = {"format": FORMAT, "config": asdict(cfg), "classes": list(CLASSES), "sensor_size": list(sensor)}
+    meta = {
+        "format": FORMAT, "config": asdict(cfg), "classes": list(CLASSES), "sensor_size": list(sensor),
+        # index into sklearn's digits of each recording's image, in labels.csv order
+        "source_images": [int(i) for i in picks],
+    }
     _atomic_text(out / "synth.json", json.dumps(meta, indent=2) + "\n")
     seconds = time.perf_counter() - start
     log.debug("wrote %d recordings (%.0f events each on average) to %s in %.1f s", total, np.mean(counts), out, seconds)

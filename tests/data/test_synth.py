@@ -61,6 +61,11 @@ def test_files_labels_and_result(small_set: tuple[Path, dict]) -> None:
     assert files == sorted(row["path"] for row in rows), "labels.csv lists exactly the recordings"
     meta = json.loads((out / "synth.json").read_text())
     assert meta["config"]["seed"] == 3 and meta["sensor_size"] == [48, 48, 2]
+    assert len(meta["source_images"]) == 40 and len(set(meta["source_images"])) == 40
+    from sklearn.datasets import load_digits
+
+    digit_of = load_digits().target[meta["source_images"]]
+    assert [f"digit{d}" for d in digit_of] == [row["label"] for row in rows], "each recording shows its class"
 
 
 def test_recordings_read_back_with_plausible_events(small_set: tuple[Path, dict]) -> None:
