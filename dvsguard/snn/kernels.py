@@ -118,7 +118,73 @@ def _build() -> dict[str, object] | None:
                         gxr[k] = gv
                         gm[k] = gv
 
-    return {"fwd": fwd, "fwd_no_u": fwd_no_u, "bwd": bwd}
+    @njit
+    def fwd_bf16(x16, s16, u, theta, keep_u, lo, hi):  # pragma: no cover - compiled
+        """bf16 in (int16 bit view), bf16 spikes out, float32 membrane (u written if keep_u)."""
+        T = x16.shape[0]
+        m = np.zeros(_BLOCK, np.float32)
+        bits = np.zeros(_BLOCK, np.uint32)
+        cur = bits.view(np.float32)
+        f0 = np.float32(0.0)
+        one, zero = np.int16(BF16_ONE), np.int16(0)
+        for j0 in range(lo, hi, _BLOCK):
+            j1 = min(j0 + _BLOCK, hi)
+            n = j1 - j0
+            m[:] = f0
+            for t in range(T):
+                xr, sr = x16[t, j0:j1], s16[t, j0:j1]
+                for k in range(n):
+                    bits[k] = (np.uint32(xr[k]) & np.uint32(0xFFFF)) << np.uint32(16)
+                if keep_u:
+                    ur = u[t, j0:j1]
+                    for k in range(n):
+                        ur[k] = m[k] + cur[k]
+                for k in range(n):
+                    v = m[k] + cur[k]
+                    spike = v >= theta
+                    sr[k] = one if spike else zero
+                    m[k] = f0 if spike else v
+
+    @njit
+    def bwd_bf16(u, gs16, gx16, theta, kind, gamma, lo, hi):  # pragma: no cover - compiled
+        """As bwd, with ∂L/∂s read and ∂L/∂I written as bf16 (round to nearest even)."""
+        T = u.shape[0]
+        gm = np.zeros(_BLOCK, np.float32)
+        bits = np.zeros(_BLOCK, np.uint32)
+        val = bits.view(np.float32)
+        f0, f1 = np.float32(0.0), np.float32(1.0)
+        g = np.float32(gamma)
+        inv_g2 = f1 / (g * g)
+        half_pi_g = np.float32(np.pi / 2) * g
+        half_g = g / np.float32(2.0)
+        for j0 in range(lo, hi, _BLOCK):
+            j1 = min(j0 + _BLOCK, hi)
+            n = j1 - j0
+            gm[:] = f0
+            for t in range(T - 1, -1, -1):
+                ur, gsr, gxr = u[t, j0:j1], gs16[t, j0:j1], gx16[t, j0:j1]
+                for k in range(n):
+                    bits[k] = (np.uint32(gsr[k]) & np.uint32(0xFFFF)) << np.uint32(16)
+                for k in range(n):
+                    v = ur[k]
+                    d = v - theta
+                    if kind == 0:
+                        sg = max(g - abs(d), f0) * inv_g2
+                    elif kind == 1:
+                        sig = f1 / (f1 + np.exp(-g * d))
+                        sg = g * sig * (f1 - sig)
+                    else:
+                        a = half_pi_g * d
+                        sg = half_g / (f1 + a * a)
+                    m = gm[k]
+                    gv = (val[k] - m * v) * sg + (m if v < theta else f0)
+                    gm[k] = gv
+                    val[k] = gv
+                for k in range(n):
+                    b = bits[k]
+                    gxr[k] = np.int16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+
+    return {"fwd": fwd, "fwd_no_u": fwd_no_u, "bwd": bwd, "fwd_bf16": fwd_bf16, "bwd_bf16": bwd_bf16}
 
 
 def available() -> bool:
@@ -151,10 +217,18 @@ def _run(fn, n_cols: int, *args) -> None:
 
 
 def forward(x: torch.Tensor, threshold: float, keep_u: bool, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """IF forward. x: float32 contiguous ``[T, ...]``. Returns (spikes of ``out_dtype``
-    (float32 or bfloat16), pre-spike membrane float32 or None)."""
+    """IF forward. x: float32 or bfloat16 contiguous ``[T, ...]``. Returns (spikes of ``out_dtype``
+    (float32 or bfloat16; bfloat16 when x is), pre-spike membrane float32 or None)."""
     kernels = _state["kernels"]
     T = x.shape[0]
+    if x.dtype == torch.bfloat16:
+        n = x[0].numel()
+        spikes = torch.empty(x.shape, dtype=torch.bfloat16)
+        u = torch.empty(x.shape, dtype=torch.float32) if keep_u else torch.empty(1, 1)
+        u_np = u.reshape(T, n).numpy() if keep_u else u.numpy()
+        _run(kernels["fwd_bf16"], n, x.view(torch.int16).reshape(T, n).numpy(),  # type: ignore[index]
+             spikes.view(torch.int16).reshape(T, n).numpy(), u_np, np.float32(threshold), keep_u)
+        return spikes, (u if keep_u else None)
     x2 = x.reshape(T, -1)
     n = x2.shape[1]
     spikes = torch.empty(x.shape, dtype=out_dtype)
@@ -173,9 +247,17 @@ def forward(x: torch.Tensor, threshold: float, keep_u: bool, out_dtype: torch.dt
 
 
 def backward(u: torch.Tensor, grad_s: torch.Tensor, threshold: float, kind: str, gamma: float) -> torch.Tensor:
-    """Fused BPTT: ∂L/∂I ``[T, ...]`` float32 from the saved membrane u and ∂L/∂s (float32)."""
+    """Fused BPTT: ∂L/∂I ``[T, ...]`` from the saved float32 membrane u and ∂L/∂s. With a
+    bfloat16 ∂L/∂s the result is bfloat16 (computed in float32, rounded once), else float32."""
     kernels = _state["kernels"]
     T = u.shape[0]
+    if grad_s.dtype == torch.bfloat16:
+        n = u[0].numel()
+        gs16 = grad_s.contiguous()
+        gx16 = torch.empty(u.shape, dtype=torch.bfloat16)
+        _run(kernels["bwd_bf16"], n, u.reshape(T, n).numpy(), gs16.view(torch.int16).reshape(T, n).numpy(),  # type: ignore[index]
+             gx16.view(torch.int16).reshape(T, n).numpy(), np.float32(threshold), KIND_CODES[kind], np.float32(gamma))
+        return gx16
     gs = grad_s.float().contiguous()
     gx = torch.empty_like(u)
     _run(kernels["bwd"], u[0].numel(), u.reshape(T, -1).numpy(), gs.reshape(T, -1).numpy(),  # type: ignore[index]

@@ -50,7 +50,9 @@ numba is available (False: always the torch-op loops; both give the same spikes)
 
 
 def _use_kernels(x: torch.Tensor) -> bool:
-    return USE_KERNELS and x.dtype == torch.float32 and x.device.type == "cpu" and kernels.available()
+    return (
+        USE_KERNELS and x.dtype in (torch.float32, torch.bfloat16) and x.device.type == "cpu" and kernels.available()
+    )
 
 
 def _forward_loop(x: torch.Tensor, threshold: float, keep_u: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -69,7 +71,8 @@ def _forward_loop(x: torch.Tensor, threshold: float, keep_u: bool) -> tuple[torc
 
 
 def _forward(x: torch.Tensor, threshold: float, keep_u: bool, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """IF forward on float32/float64 x; spikes in ``out_dtype``, membrane u in x's dtype (or None)."""
+    """IF forward; spikes in ``out_dtype``, membrane u float32 (float64 for float64 x) or None.
+    x is bfloat16 only when the compiled loops take it directly."""
     if _use_kernels(x):
         return kernels.forward(x.contiguous(), threshold, keep_u, out_dtype)
     spikes, u_all = _forward_loop(x, threshold, keep_u)
@@ -115,15 +118,16 @@ class _IFRate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, threshold: float, out_dtype: torch.dtype) -> torch.Tensor:  # type: ignore[override]
         spikes, _ = _forward(x, threshold, False, out_dtype)
-        ctx.save_for_backward(x.mean(0))
+        ctx.save_for_backward(x.mean(0, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32))
         ctx.threshold = threshold
+        ctx.in_dtype = x.dtype
         return spikes
 
     @staticmethod
     def backward(ctx, grad_s: torch.Tensor):  # type: ignore[override]
         (i_mean,) = ctx.saved_tensors
         g = rate_grad(i_mean, ctx.threshold) * grad_s.to(i_mean.dtype).mean(0)
-        return g.unsqueeze(0).expand(grad_s.shape).contiguous(), None, None
+        return g.to(ctx.in_dtype).unsqueeze(0).expand(grad_s.shape).contiguous(), None, None
 
 
 def if_spikes(x: torch.Tensor, mode: GradientMode = TRIANGLE, threshold: float = THRESHOLD) -> torch.Tensor:
@@ -136,7 +140,7 @@ def if_spikes(x: torch.Tensor, mode: GradientMode = TRIANGLE, threshold: float =
     if x.dim() < 2:
         raise ValueError(f"IF neuron input must be [T, B, ...], got shape {tuple(x.shape)}")
     out_dtype = torch.bfloat16 if x.dtype == torch.bfloat16 else (torch.float64 if x.dtype == torch.float64 else torch.float32)
-    if x.dtype != torch.float64:
+    if x.dtype != torch.float64 and not (x.dtype == torch.bfloat16 and _use_kernels(x)):
         x = x.float()
     if not (torch.is_grad_enabled() and x.requires_grad):
         return _forward(x, threshold, False, out_dtype)[0]

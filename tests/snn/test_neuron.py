@@ -162,6 +162,27 @@ def test_compiled_loops_equal_torch_loops(monkeypatch: pytest.MonkeyPatch, mode:
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", [TRIANGLE, SIGMOID, ATAN, RGA], ids=str)
+@pytest.mark.parametrize("shape", [(4, 3, 700), (10, 70_001)], ids=str)
+def test_compiled_loops_bf16_in_and_out(monkeypatch: pytest.MonkeyPatch, mode: GradientMode, shape) -> None:
+    """bf16 current read directly by the kernels: same spikes and (bf16-rounded) gradients as
+    promoting to float32 with torch ops."""
+    if not kernels.available():
+        pytest.skip("numba kernels unavailable")
+    g = torch.Generator().manual_seed(7)
+    x = (torch.randn(shape, generator=g) * 0.9 + 0.5).to(torch.bfloat16).requires_grad_()
+    w = torch.randn(shape, generator=g).to(torch.bfloat16)
+    results = []
+    for use in (True, False):
+        monkeypatch.setattr(neuron, "USE_KERNELS", use)
+        s = if_spikes(x, mode)
+        (gx,) = torch.autograd.grad((s * w).sum(), x)
+        assert s.dtype == torch.bfloat16 and gx.dtype == torch.bfloat16
+        results.append((s, gx))
+    assert torch.equal(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1].float(), results[1][1].float(), rtol=1e-2, atol=1e-3)
+
+
 def test_compiled_loops_bf16_out() -> None:
     if not kernels.available():
         pytest.skip("numba kernels unavailable")
