@@ -407,6 +407,8 @@ def read_events(path: str | os.PathLike, sensor_size: tuple[int, ...] | None = N
         malformed, holds no events or events outside the sensor, or is of an unknown kind.
     """
     path = Path(path)
+    if path.is_dir():
+        raise RecordingError(f"{path}: is a folder, not a recording")
     if not path.is_file():
         raise RecordingError(f"{path}: no such file")
     if path.stat().st_size == 0:

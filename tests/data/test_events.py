@@ -294,6 +294,8 @@ def test_each_bad_file_gives_one_line_error_naming_file_and_cause(tmp_path: Path
         assert "\n" not in message, (name, message)
     with pytest.raises(RecordingError, match="no such file"):
         read_events(tmp_path / "missing.npz")
+    with pytest.raises(RecordingError, match="is a folder"):
+        read_events(tmp_path)
 
 
 def test_bad_file_does_not_stop_reading_the_others(tmp_path: Path) -> None:

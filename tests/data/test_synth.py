@@ -142,3 +142,12 @@ def test_cli_synth_json(tmp_path: Path) -> None:
     assert {"out_dir", "n_recordings", "classes", "seconds"} <= set(result)
     assert result["n_recordings"] == 10 and result["sensor_size"] == [32, 32, 2]
     assert read_events(next((tmp_path / "s").rglob("*.npz"))).sensor_size == (32, 32, 2)
+
+
+@pytest.mark.slow
+def test_default_dataset_is_made_within_a_minute_on_two_workers(tmp_path: Path) -> None:
+    result = make_digits(tmp_path / "digits", SynthConfig(), workers=2)
+    assert result["n_recordings"] == 2000
+    assert result["seconds"] < 60, result
+    # each recording holds a few thousand events: enough for 10 frames, small on disk
+    assert 2_000 < result["n_events"] / 2000 < 8_000
