@@ -51,7 +51,7 @@ LAST, BEST, METRICS, CONFIG = "last.pt", "best.pt", "metrics.jsonl", "config.jso
 TRAINER_FORMAT = "dvsguard-trainer/1"
 DEFAULT_WEIGHT_DECAY = 5e-4
 
-# settings that may change between a run and its resumption (they do not change the result)
+# settings that may change between a run and its resumption: the cache may move (its key is checked)
 _RESUMABLE_CHANGES = ("cache",)
 
 
@@ -200,6 +200,7 @@ def _data_entry(info: CacheInfo) -> dict[str, Any]:
         "classes": list(info.classes),
         "value_range": [float(v) for v in info.value_range],
         "cache": str(Path(info.path).resolve()),
+        "cache_key": info.key,
     }
 
 
@@ -350,6 +351,9 @@ class Trainer:
                 raise ConfigError(
                     f"{path}: cannot resume with {key}={value!r}; the run was started with {key}={saved.get(key)!r}"
                 )
+        saved_key = payload.get("data", {}).get("cache_key")
+        if saved_key != self.info.key:
+            raise ConfigError(f"{path}: the run was trained on another cache (key {saved_key}, {self.info.path} has {self.info.key})")
         trainer = payload.get("trainer")
         if not isinstance(trainer, dict) or trainer.get("format") != TRAINER_FORMAT:
             raise CheckpointError(f"{path}: holds no trainer state to resume from")

@@ -82,3 +82,10 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(deterministic)
+
+
+@pytest.fixture(scope="session")
+def digits_cache(tmp_path_factory):
+    """800 train / 200 test simulated digits, 4 frames of 16×16 (sensor 32×32)."""
+    return build_digits_cache(tmp_path_factory.mktemp("digits"), per_class=100, sensor=32, frames=4, size=16,
+                              test_fraction=0.2)

@@ -196,3 +196,13 @@ def test_two_process_ddp_on_cpu_trains(tiny_cache, tmp_path):
     init = SpikingVGG(model.cfg)
     moved = [not torch.equal(a, b) for a, b in zip(init.parameters(), model.parameters())]
     assert all(moved)
+
+
+def test_bf16_autocast_run_trains_and_checkpoints_float32(tiny_cache, tmp_path, one_thread):
+    run = tmp_path / "amp"
+    result = train(_cfg(tiny_cache, defense="sr-star", epochs=1, amp=True), run, device="cpu")
+    assert result["epochs"] == 1
+    model, payload = load_model(run / "last.pt")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert torch.isfinite(torch.tensor(payload["metrics"]["train_loss"]))
+    assert {"train_ce", "train_sr"} <= set(payload["metrics"])
