@@ -35,6 +35,8 @@ from dvsguard.errors import CheckpointError, ConfigError
 log = logging.getLogger(__name__)
 
 FORMAT = "dvsguard-analysis/1"
+LOG_RANGE = (-12.0, 2.0)  # log10 |g_i| histogram range (values outside are put in the end bins)
+LOG_BINS = 140
 DEFAULT_EPS = (0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255, 64 / 255)
 
 
@@ -199,6 +201,9 @@ def measure_model(model: nn.Module, samples: Samples, settings: AnalysisSettings
     correct_pgd = 0
     edges = np.linspace(-1.0, 1.0, settings.hist_bins + 1)
     hist = np.zeros(settings.hist_bins, dtype=np.int64)
+    log_edges = np.linspace(LOG_RANGE[0], LOG_RANGE[1], LOG_BINS + 1)
+    log_hist = np.zeros(LOG_BINS, dtype=np.int64)
+    zeros = 0
     heat_frames: list[np.ndarray] = []
     heat_grads: list[np.ndarray] = []
     size = 0
@@ -234,6 +239,10 @@ def measure_model(model: nn.Module, samples: Samples, settings: AnalysisSettings
         top = rows.abs().max(dim=1, keepdim=True).values
         normed = torch.where(top > 0, rows / top.clamp_min(1e-300), torch.zeros_like(rows))
         hist += np.histogram(normed.numpy().ravel(), bins=edges)[0]
+        mags = rows.abs().numpy().ravel()
+        nonzero = mags[mags > 0]
+        zeros += int(mags.size - nonzero.size)
+        log_hist += np.histogram(np.clip(np.log10(nonzero), LOG_RANGE[0], LOG_RANGE[1]), bins=log_edges)[0]
         for b in range(x.shape[1]):
             if len(heat_frames) < settings.heatmaps:
                 heat_frames.append(x[:, b].sum(dim=(0, 1)).numpy())
@@ -268,7 +277,9 @@ def measure_model(model: nn.Module, samples: Samples, settings: AnalysisSettings
             "fgsm": (100.0 * correct_fgsm / max(n, 1)).tolist(),
         },
         "accuracy": {"clean": clean, "pgd": 100.0 * correct_pgd / max(n, 1)},
-        "histogram": {"edges": edges.tolist(), "counts": hist.tolist(), "density": density.tolist()},
+        "histogram": {"edges": edges.tolist(), "counts": hist.tolist(), "density": density.tolist(),
+                      "log10_edges": log_edges.tolist(), "log10_counts": log_hist.tolist(), "zeros": zeros,
+                      "fraction_per_bin": (log_hist / max(total, 1)).tolist()},
         "heatmaps": {"frames": [f.tolist() for f in heat_frames], "grads": [g.tolist() for g in heat_grads]},
     }
 
@@ -290,6 +301,7 @@ def summarize(m: dict[str, Any], eps: float) -> dict[str, Any]:
     counts = np.asarray(hist["counts"], dtype=float)
     centers = (edges[:-1] + edges[1:]) / 2
     near_zero = float(counts[np.abs(centers) < 0.01].sum() / counts.sum()) if counts.sum() else None
+    exact_zero = float(hist.get("zeros", 0) / counts.sum()) if counts.sum() else None
     fd_agree = {h: {**stats.agreement(l1, vals), "median_fd_over_l1": _median_ratio(vals, l1)}
                 for h, vals in m["finite_difference"]["values"].items()}
     return {
@@ -315,6 +327,7 @@ def summarize(m: dict[str, Any], eps: float) -> dict[str, Any]:
         },
         "finite_difference": fd_agree,
         "fraction_components_near_zero": near_zero,
+        "fraction_components_zero": exact_zero,
         "curves": m["curves"],
     }
 
@@ -421,8 +434,12 @@ def analyze_models(
     settings: AnalysisSettings = AnalysisSettings(),
     seed: int = 0,
     sources: dict[str, str] | None = None,
+    write_figures: bool = True,
 ) -> dict[str, Any]:
     """Measure ``models`` (name → (model, checkpoint payload)) on ``samples``; write figures and JSON.
+
+    ``write_figures=False`` writes analysis.json only (the figures can be drawn later from it with
+    :func:`build_figures`).
 
     Returns ``{"out_dir", "json", "figures": {name: path}, "models": {name: summary}, "lambda_sweep"}``.
     """
@@ -459,7 +476,8 @@ def analyze_models(
             "rho_adv": "largest (f_y(x + d) - f_y(x))^2 found by projected sign-gradient ascent, ||d||_inf <= theory_eps",
             "bounds": "3 <= ratio <= 3 * ||g||_0",
             "finite_difference": "|f_y(x + h * sign(g)) - f_y(x)| / h",
-            "histogram": "g_i / max_j |g_j| per sample, pooled over samples and components",
+            "histogram": "g_i / max_j |g_j| per sample, pooled over samples and components (density); "
+                         "log10 |g_i| of the non-zero components (fraction of all components per bin) and the zero count",
         },
         "models": per_model,
     }
@@ -469,7 +487,7 @@ def analyze_models(
     json_path = out / "analysis.json"
     _write_json(json_path, doc)
     written = {}
-    for fname, fig in build_figures(doc).items():
+    for fname, fig in (build_figures(doc) if write_figures else {}).items():
         written[fname.removesuffix(".png")] = str(save_png(fig, out / fname))
     return {
         "out_dir": str(out),

@@ -164,24 +164,36 @@ def finite_difference_figure(models: Mapping[str, Mapping[str, Any]]) -> Figure:
     return fig
 
 
-def sparsity_figure(hists: Mapping[str, Mapping[str, Sequence[float]]]) -> Figure:
-    """Fig. 4: normalised distribution of the gradient components, one line per model.
+def sparsity_figure(hists: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """Fig. 4: distribution of the gradient components, one line per model, two panels.
 
-    ``hists[name] = {"edges": [n+1], "density": [n]}``: a histogram of ``g_i / max_j |g_j|``
-    (per sample) pooled over samples, as a probability density.
+    ``hists[name]`` holds ``log10_edges``/``fraction_per_bin``/``zeros``/``counts`` (left: the
+    magnitudes |g_i| on a log axis, as the fraction of all components per bin; exact zeros are
+    given in the legend) and ``edges``/``density`` (right: ``g_i / max_j |g_j|`` per sample, pooled,
+    as a probability density).
     """
-    fig = _figure(6.4, 4.2)
-    ax = fig.add_subplot()
+    fig = _figure(11, 4.2)
+    ax1, ax2 = fig.subplots(1, 2)
     for color, (name, h) in zip(_colors(len(hists)), hists.items()):
-        edges = np.asarray(h["edges"], dtype=float)
-        dens = np.asarray(h["density"], dtype=float)
-        ax.stairs(dens, edges, color=color, label=name, linewidth=1.5)
-    _log_axes(ax, x=False)
-    ax.set_xlabel("normalised gradient component g_i / max|g|")
-    ax.set_ylabel("density")
-    ax.set_title("Distribution of ∇ₓ f_y components")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        total = float(np.sum(h["counts"])) or 1.0
+        if "log10_edges" in h:
+            edges = np.power(10.0, np.asarray(h["log10_edges"], dtype=float))
+            ax1.stairs(np.asarray(h["fraction_per_bin"], dtype=float), edges, color=color, linewidth=1.5,
+                       label=f"{name} ({100 * h.get('zeros', 0) / total:.1f}% exactly 0)")
+        ax2.stairs(np.asarray(h["density"], dtype=float), np.asarray(h["edges"], dtype=float), color=color,
+                   label=name, linewidth=1.5)
+    ax1.set_xscale("log")
+    ax1.set_xlabel("|g_i| = |∂f_y/∂x_i|")
+    ax1.set_ylabel("fraction of components")
+    ax1.set_title("Magnitude of ∇ₓ f_y components")
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=8)
+    _log_axes(ax2, x=False)
+    ax2.set_xlabel("normalised gradient component g_i / max|g|")
+    ax2.set_ylabel("density")
+    ax2.set_title("Distribution of ∇ₓ f_y components")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8)
     return fig
 
 
@@ -201,7 +213,10 @@ def heatmap_figure(
     axes = np.asarray(fig.subplots(rows, n, squeeze=False))
     for j in range(len(frames)):
         ax = axes[0, j]
-        ax.imshow(np.asarray(frames[j], dtype=float), cmap="gray_r", interpolation="nearest")
+        frame = np.asarray(frames[j], dtype=float)
+        positive = frame[frame > 0]
+        top = float(np.percentile(positive, 99)) if positive.size else 1.0  # hot pixels would wash out the rest
+        ax.imshow(frame, cmap="gray_r", vmin=0, vmax=max(top, 1e-12), interpolation="nearest")
         ax.set_title(labels[j] if labels else f"sample {j}", fontsize=8)
         for i, (name, maps) in enumerate(grads.items(), start=1):
             axg = axes[i, j]
