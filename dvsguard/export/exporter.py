@@ -178,7 +178,10 @@ def lava_estimate(net_path: Path, test_path: Path, n: int) -> tuple[int, float]:
 
 
 def verify_export(model: Any, net_path: Path, test_path: Path, n: int, timeout: float | None = None, build: bool = False) -> dict[str, Any]:
-    """Run n test samples in Lava; compare with the integer simulator and the PyTorch model."""
+    """Run n test samples in Lava; compare with the integer simulator and the PyTorch model.
+
+    Without ``timeout`` the Lava run is stopped after 5× its estimated time + 300 s.
+    """
     import torch
 
     from dvsguard.export.intsim import load_netx
@@ -188,6 +191,8 @@ def verify_export(model: Any, net_path: Path, test_path: Path, n: int, timeout: 
     net = load_netx(net_path)
     eta = estimate_lava_seconds(net, len(labels), counts.shape[1])
     log.debug("Lava: %d sample(s) × %d steps through %d layers; estimated %.0f s", len(labels), counts.shape[1], len(net.layers), eta)
+    if timeout is None:  # a hung simulator must not hang the caller
+        timeout = 5 * eta + 300
     with torch.no_grad():
         preds = model(torch.from_numpy(x)).argmax(1).numpy()
     report = verify_netx(net_path, counts, model_predictions=preds, labels=labels, timeout=timeout, build=build)

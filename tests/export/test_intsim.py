@@ -166,3 +166,42 @@ def test_simulator_scores_a_test_split_quickly(tmp_path: Path) -> None:
     simulate(net, counts)
     per_sample = (time.perf_counter() - start) / 8
     assert per_sample < 0.5, per_sample
+
+
+def _quadrant_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sparse noise plus a dense blob of events in one of 4 quadrants (the label)."""
+    rng = np.random.default_rng(seed)
+    counts = random_counts(n, seed=seed, density=0.05)
+    y = rng.integers(0, 4, n)
+    for i in range(n):
+        qy, qx = divmod(int(y[i]), 2)
+        blob = rng.integers(1, CAP + 1, size=(T, 2, 8, 8)) * (rng.random((T, 2, 8, 8)) < 0.35)
+        region = counts[i, :, :, qy * 8 : (qy + 1) * 8, qx * 8 : (qx + 1) * 8]
+        np.maximum(region, blob, out=region)
+    return counts, y
+
+
+@pytest.mark.slow
+def test_trained_model_integer_network_agrees_with_pytorch(tmp_path: Path) -> None:
+    """A tiny model trained for a few Adam steps: on fresh samples the integer network
+    predicts what PyTorch predicts on ≥ 99% of them."""
+    from dvsguard.snn import VGGConfig
+
+    torch.manual_seed(0)
+    model = SpikingVGG(VGGConfig.preset("tiny", num_classes=4))
+    xs, ys = _quadrant_data(512, 0)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    model.train()
+    for step in range(40):
+        idx = np.random.default_rng(step).integers(0, 512, 32)
+        loss = F.cross_entropy(model(to_model_input(xs[idx])), torch.from_numpy(ys[idx]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    xt, yt = _quadrant_data(256, 1)
+    path = write_netx(quantize_model(model, (2, 16, 16), CAP, T), tmp_path / "trained.net")
+    loader = [(to_model_input(xt[i : i + 64]), torch.from_numpy(yt[i : i + 64])) for i in range(0, 256, 64)]
+    result = compare(model, path, loader)
+    assert result["accuracy_float"] > 0.9, "the model should have learnt the task"
+    assert result["agreement"] >= 0.99, result
