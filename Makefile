@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all quickstart clean
+.PHONY: install test test-slow test-all quickstart clean
 
 $(BIN)/dvsguard: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ install: $(BIN)/dvsguard
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
 test-all: install
 	$(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
