@@ -117,8 +117,8 @@ def main() -> None:
         # --- builds
         t_tonic, c_tonic, tonic_ds = timed_cpu(lambda: _build_tonic(tonic, FramedRecordings(items, cfg), work / "tonic"))
         builds = {}
-        for label, workers, comp in (("dvsguard, 1 process, lzf", 1, "lzf"), ("dvsguard, 2 processes, lzf", 2, "lzf"),
-                                     ("dvsguard, 2 processes, gzip", 2, "gzip")):
+        for label, workers, comp in (("dvsguard, 1 process", 1, "gzip"), ("dvsguard, 2 processes", 2, "gzip"),
+                                     ("dvsguard, 2 processes, raw", 2, None)):
             path = work / f"cache-{workers}-{comp}.h5"
             wall, cpu, _ = timed_cpu(lambda: build_cache(path, items, classes=classes, cfg=cfg, split="train",
                                                          workers=workers, compression=comp, progress=False))
