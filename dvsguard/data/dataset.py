@@ -96,7 +96,10 @@ class FrameDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
-        frames = self._open()[int(index) % len(self)]
+        try:
+            frames = self._open()[int(index) % len(self)]
+        except OSError as exc:  # a damaged chunk
+            raise CacheError(f"{self.path}: sample {index} cannot be read ({' '.join(str(exc).split())})") from None
         # scaled in numpy: a per-sample torch op would wake torch's thread pool for 46k elements
         x = torch.from_numpy(frames_to_float(frames, self.info.count_cap))
         if self.augment:

@@ -128,3 +128,17 @@ def test_collate_time_first_shapes() -> None:
     x, y = collate_time_first(batch)
     assert tuple(x.shape) == (3, 5, 2, 4, 4) and y.tolist() == [0, 1, 2, 3, 4]
     assert torch.equal(x[:, 4], batch[4][0])
+
+
+def test_damaged_chunk_is_a_cache_error(cache: Path, tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged.h5"
+    damaged.write_bytes(cache.read_bytes())
+    with h5py.File(damaged, "r+") as f:
+        offset = f["frames"].id.get_chunk_info(4).byte_offset
+    with open(damaged, "r+b") as fh:  # overwrite the start of sample 4's deflate stream
+        fh.seek(offset)
+        fh.write(b"\xff" * 16)
+    ds = FrameDataset(damaged)
+    ds[3]
+    with pytest.raises(CacheError, match=r"damaged.h5: sample 4 cannot be read"):
+        ds[4]
