@@ -196,11 +196,14 @@ def available() -> bool:
 
 
 def _pool(n: int) -> ThreadPoolExecutor:
-    pool = _state.get("pool")
-    if pool is None or _state.get("pool_size") != n:
-        pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="dvsguard-if")
-        _state["pool"], _state["pool_size"] = pool, n
-    return pool  # type: ignore[return-value]
+    """A pool of n worker threads for this process (a forked child builds its own)."""
+    with _lock:
+        key = (n, os.getpid())
+        pool = _state.get("pool")
+        if pool is None or _state.get("pool_key") != key:
+            pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="dvsguard-if")
+            _state["pool"], _state["pool_key"] = pool, key
+        return pool  # type: ignore[return-value]
 
 
 def _run(fn, n_cols: int, *args) -> None:
@@ -211,7 +214,9 @@ def _run(fn, n_cols: int, *args) -> None:
     step = -(-n_cols // threads)
     step = -(-step // _BLOCK) * _BLOCK
     bounds = [(lo, min(lo + step, n_cols)) for lo in range(0, n_cols, step)]
-    futures = [_pool(threads).submit(fn, *args, lo, hi) for lo, hi in bounds]
+    pool = _pool(threads)
+    futures = [pool.submit(fn, *args, lo, hi) for lo, hi in bounds[1:]]
+    fn(*args, *bounds[0])  # the calling thread takes the first range
     for f in futures:
         f.result()
 

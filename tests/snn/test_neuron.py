@@ -258,3 +258,33 @@ def test_fused_saves_less_than_naive(T: int) -> None:
     assert fused == T * one  # only the pre-spike membrane
     assert naive >= 2 * T * one  # at least membrane and spike per step
     assert rga == one  # only the mean current
+
+
+_FORK_INPUT = torch.rand(3, 200_000, generator=torch.Generator().manual_seed(0))
+
+
+def _child_runs_if(queue) -> None:  # runs in a forked child; avoids torch's OpenMP, which is not fork-safe
+    queue.put(float(if_spikes(_FORK_INPUT).numpy().sum()))
+
+
+def test_kernels_work_in_forked_child() -> None:
+    """A DataLoader-style fork after the kernels' thread pool exists must not deadlock."""
+    import multiprocessing as mp
+
+    if not kernels.available():
+        pytest.skip("numba kernels unavailable")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        want = float(if_spikes(_FORK_INPUT).numpy().sum())  # creates the pool in the parent
+        ctx = mp.get_context("fork")
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_child_runs_if, args=(queue,))
+        proc.start()
+        proc.join(timeout=120)
+        if proc.is_alive():
+            proc.kill()
+            pytest.fail("forked child hung in the IF kernels")
+        assert proc.exitcode == 0 and queue.get(timeout=5) == want
+    finally:
+        torch.set_num_threads(threads)
