@@ -14,6 +14,7 @@ from typing import Any
 
 from dvsguard.attack.apgd import APGD
 from dvsguard.attack.base import Attack, attack_mode, eval_mode, project
+from dvsguard.attack.ensemble import Ensemble, EnsembleResult, gamma_grid, paper_modes
 from dvsguard.attack.fgsm import FGSM, fgsm
 from dvsguard.attack.noise import RandomNoise
 from dvsguard.attack.pgd import PGD, pgd
@@ -57,6 +58,8 @@ def make_attack(name: str, eps: float, **kw: Any) -> Attack:
 __all__ = [
     "APGD",
     "Attack",
+    "Ensemble",
+    "EnsembleResult",
     "FGSM",
     "PGD",
     "RFGSM",
@@ -66,7 +69,9 @@ __all__ = [
     "attack_names",
     "eval_mode",
     "fgsm",
+    "gamma_grid",
     "make_attack",
+    "paper_modes",
     "pgd",
     "project",
 ]
