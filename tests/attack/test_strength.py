@@ -3,7 +3,6 @@ barely does (Observation 1 of the paper); APGD is at least as strong as PGD with
 
 from __future__ import annotations
 
-
 from dvsguard.attack import make_attack
 from dvsguard.attack.base import predict
 from dvsguard.attack.ensemble import Ensemble
