@@ -112,11 +112,13 @@ class SimResult:
             ``voltage_clip`` (v clipped), ``int32_overflow`` (a ≪ 6 beyond int32, where
             Lava's own arithmetic would overflow), ``conv_wrap`` (conv output wrapped),
             ``readout_spikes`` (the read-out neuron fired, losing its voltage).
+        layer_events: the same counts per layer.
     """
 
     v_out: np.ndarray
     spikes: list[np.ndarray] | None
     events: dict[str, int]
+    layer_events: list[dict[str, int]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- reading
@@ -408,22 +410,27 @@ def simulate(net: SimNet, frames: np.ndarray, record: bool = False, batch: int =
     spikes: list[np.ndarray] | None = (
         [np.zeros((n, t, *layer.out_shape), dtype=bool) for layer in net.layers] if record else None
     )
+    layer_events: list[dict[str, int]] = [dict.fromkeys(events, 0) for _ in net.layers]
     for start in range(0, n, batch):
         x = frames[start : start + batch]  # [b, T, ...]
         b = x.shape[0]
         for k, layer in enumerate(net.layers):
-            a = synapse(layer, x.reshape(b * t, *x.shape[2:]), events).reshape(b, t, *layer.out_shape)
+            ev = layer_events[k]
+            a = synapse(layer, x.reshape(b * t, *x.shape[2:]), ev).reshape(b, t, *layer.out_shape)
             u = np.zeros((b, *layer.out_shape), dtype=np.int64)
             v = np.zeros_like(u)
             s = np.zeros((b, t, *layer.out_shape), dtype=bool)
             for j in range(t):
-                s[:, j] = neuron_step(u, v, a[:, j], layer, events)
+                s[:, j] = neuron_step(u, v, a[:, j], layer, ev)
             if spikes is not None:
                 spikes[k][start : start + b] = s
             x = s
-        events["readout_spikes"] += int(x.sum())
+        layer_events[-1]["readout_spikes"] += int(x.sum())
         v_out[start : start + b] = v.reshape(b, -1)
-    return SimResult(v_out=v_out, spikes=spikes, events=events)
+    for ev in layer_events:
+        for key, val in ev.items():
+            events[key] += val
+    return SimResult(v_out=v_out, spikes=spikes, events=events, layer_events=layer_events)
 
 
 def stream(net: SimNet, frames: np.ndarray, time_steps: int, reset_offset: int = 1, extra_steps: int | None = None) -> dict[str, Any]:
@@ -488,7 +495,9 @@ def compare(model: Any, netfile: str | os.PathLike[str], loader: Any, max_sample
     The integer network gets counts = round(x · input_scale). Returns n, prediction
     agreement, both accuracies, logit errors (integer logits = v_out / output_scale,
     compared with the model's mean logits: max and mean absolute error, and the mean
-    error relative to the spread of the float logits) and the saturation events.
+    error relative to the spread of the float logits) and the saturation events (total
+    and per layer; a clipped voltage is where the integer neuron departs from the float
+    one, which has no lower bound).
     """
     import torch
 
@@ -499,6 +508,7 @@ def compare(model: Any, netfile: str | os.PathLike[str], loader: Any, max_sample
         raise ExportError(f"{netfile}: no output_scale attribute (not written by dvsguard export)")
     preds_f, preds_q, labels, logits_f, logits_q = [], [], [], [], []
     events: dict[str, int] = {}
+    by_layer: list[dict[str, int]] = [{} for _ in net.layers]
     seen = 0
     was_training = model.training
     model.eval()
@@ -516,6 +526,9 @@ def compare(model: Any, netfile: str | os.PathLike[str], loader: Any, max_sample
             res = simulate(net, counts)
             for k, val in res.events.items():
                 events[k] = events.get(k, 0) + val
+            for mine, theirs in zip(by_layer, res.layer_events):
+                for k, val in theirs.items():
+                    mine[k] = mine.get(k, 0) + val
             logits_f.append(lf)
             logits_q.append(res.v_out / out_scale)
             preds_f.append(lf.argmax(1))
@@ -539,4 +552,5 @@ def compare(model: Any, netfile: str | os.PathLike[str], loader: Any, max_sample
         "logit_mean_abs_error": float(err.mean()),
         "logit_rel_error": float(err.mean() / spread),
         "events": events,
+        "layer_events": [{k: v for k, v in ev.items() if v} for ev in by_layer],
     }

@@ -26,7 +26,7 @@ from dvsguard.export.quantize import (
 )
 from dvsguard.snn import IFNeuron, SpikingVGG, VGGConfig
 
-from .conftest import CAP, T, tiny_model
+from .conftest import CAP, T
 
 
 def _random_bn(c: int, g: torch.Generator, dims: int = 2) -> nn.Module:
