@@ -8,11 +8,16 @@ for logging. Adversarial examples are made with the model in eval mode (BatchNor
 running statistics) and the model's mode is restored before the loss pass.
 
 Names: ``vanilla``, ``sr``, ``fgsm-at``, ``pgd-at``, ``sr-star``, ``rat``.
+
+Units: the defaults (ε = 2/255, h = 0.01, λ = 0.002) are the paper's DVS settings, applied here
+to frames in ``count / count_cap``. The authors' CIFAR10-DVS frames were raw event counts
+(resized, not normalised), so, taking one of their units as about one event, ‖∇ₓf_y‖₁ is about
+``count_cap``× larger here: the same λ weighs the ``sq`` term about ``count_cap²``× (``abs``:
+``count_cap``×) more, and ε and h are about ``count_cap``× larger in events.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,8 +28,6 @@ from dvsguard.attack import fgsm, pgd
 from dvsguard.attack.pgd import default_alpha
 from dvsguard.errors import ConfigError
 from dvsguard.train.losses import SR_FORMS, cross_entropy, sparsity_regularizer
-
-log = logging.getLogger(__name__)
 
 DEFAULT_EPS = 2 / 255
 DEFAULT_LAMBDA = 0.002
