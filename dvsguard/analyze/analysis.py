@@ -481,7 +481,9 @@ def analyze_models(
         },
         "models": per_model,
     }
-    sweep = lambda_sweep(per_model, f"PGD{settings.pgd_steps} ε={settings.pgd_eps:.4g}")
+    k = settings.pgd_eps * 255
+    eps_label = f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{settings.pgd_eps:.4g}"
+    sweep = lambda_sweep(per_model, f"PGD{settings.pgd_steps} ε={eps_label}")
     doc["lambda_sweep"] = sweep
     doc = stats.jsonable(doc)
     json_path = out / "analysis.json"

@@ -263,7 +263,8 @@ def training_curves_figure(rows: Sequence[Mapping[str, Any]], title: str, x_key:
     """Training curves: every numeric metric of ``rows`` (one dict per epoch) against ``x_key``.
 
     Metrics whose name mentions ``acc`` go to the right panel (accuracy), the rest (losses,
-    regularizer, ...) to the left one. Rows without ``x_key`` are numbered in order.
+    regularizer, ...) to the left one; the learning rate, times and sample counts (``*_n``) are
+    not drawn. Rows without ``x_key`` are numbered in order.
     """
     xs = [r.get(x_key, i) for i, r in enumerate(rows)]
     keys: list[str] = []
@@ -273,7 +274,8 @@ def training_curves_figure(rows: Sequence[Mapping[str, Any]], title: str, x_key:
                 keys.append(k)
     acc_keys = [k for k in keys if "acc" in k.lower()]
     skip = {"lr", "seconds", "time", "step", "samples"}
-    other = [k for k in keys if k not in acc_keys and k.lower() not in skip and not k.lower().endswith("seconds")]
+    other = [k for k in keys if k not in acc_keys and k.lower() not in skip
+             and not k.lower().endswith(("seconds", "_n"))]
     fig = _figure(11, 4.0)
     ax1, ax2 = fig.subplots(1, 2)
     for ax, group, ylabel in ((ax1, other, "value"), (ax2, acc_keys, "accuracy")):

@@ -169,6 +169,18 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
+def eps_text(v: Any) -> str:
+    """ε in frame units, as ``k/255`` when it is one (``0.0313…`` → ``8/255``), else 4 digits."""
+    if isinstance(v, (list, tuple)):
+        return ", ".join(eps_text(e) for e in v)
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        k = v * 255
+        if v > 0 and abs(k - round(k)) < 1e-6:
+            return f"{round(k)}/255"
+        return f"{v:.4g}"
+    return fmt(v)
+
+
 def _pct(v: Any) -> str:
     """An accuracy as a percentage; fractions (≤ 1) are scaled by 100."""
     if not isinstance(v, (int, float)) or isinstance(v, bool):
@@ -274,7 +286,13 @@ def training_section(layout: RunLayout, assets: Path) -> Section | None:
         train_cfg = (cfg or {}).get("train", {}) if isinstance(cfg, dict) else {}
         data_cfg = data_cfg or ((cfg or {}).get("data") if isinstance(cfg, dict) else None)
         if train_cfg:
-            config_rows.append([name, *[fmt(train_cfg.get(k)) for k in TRAIN_KEYS]])
+            cells = {k: fmt(train_cfg.get(k)) for k in TRAIN_KEYS}
+            cells["eps"] = eps_text(train_cfg.get("eps"))
+            if train_cfg.get("defense") in ("sr", "sr-star") and train_cfg.get("lam") is None:
+                from dvsguard.train.defenses import DEFAULT_LAMBDA
+
+                cells["lam"] = f"{DEFAULT_LAMBDA:g} (default)"
+            config_rows.append([name, *[cells[k] for k in TRAIN_KEYS]])
     if config_rows:
         sec.items.append(Section("Configuration", [Table(["run", *TRAIN_KEYS], config_rows)], level=3))
     if data_cfg:
@@ -315,6 +333,8 @@ def attack_section(layout: RunLayout) -> Section | None:
         doc = _read_json(folder / "attack.json") if (folder / "attack.json").is_file() else None
         if isinstance(doc, dict):
             info = {k: doc[k] for k in ATTACK_INFO if k in doc}
+            if "eps" in info:
+                info["eps"] = eps_text(info["eps"])
             if info:
                 sub.items.append(kv_table(info))
         tables = attack_tables(doc) if doc is not None else []
@@ -358,7 +378,7 @@ def analysis_section(folder: Path | None) -> Section | None:
         s = doc.get("settings", {})
         sec.items.append(Text(
             f"{doc.get('samples', {}).get('n', '?')} samples of {doc.get('samples', {}).get('source', '?')}; "
-            f"Theorem 4.3 measured at ε = {fmt(s.get('theory_eps'))} with {s.get('mc_draws')} random draws and "
+            f"Theorem 4.3 measured at ε = {eps_text(s.get('theory_eps'))} with {s.get('mc_draws')} random draws and "
             f"{s.get('adv_steps')} ascent steps per start; ‖g‖₀ counts |g_i| > {fmt(s.get('l0_tol'))}·max|g|."))
         rows = []
         for name, m in doc["models"].items():
