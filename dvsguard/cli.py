@@ -264,6 +264,7 @@ def analyze(
     pgd_eps: str = typer.Option("8/255", "--pgd-eps", help="ε of the PGD accuracy (λ sweep)."),
     pgd_steps: int = typer.Option(10, "--pgd-steps", min=1, help="Steps of that PGD attack."),
     batch: int = typer.Option(32, "--batch", min=1, help="Samples per forward pass."),
+    grad_mode: str = typer.Option(None, "--grad-mode", help="Surrogate gradient for g and the attacks, e.g. sigmoid:4 or rga (default: the model's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sample subset and of every random draw."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -281,6 +282,7 @@ def analyze(
         pgd_steps=pgd_steps,
         batch=batch,
         limit=limit or None,
+        grad_mode=grad_mode,
     )
     result = run_analyze(checkpoints, cache, split=split, out_dir=out, settings=settings, seed=seed)
 

@@ -56,6 +56,8 @@ class AnalysisSettings:
         hist_bins: bins of the gradient-component histogram over [−1, 1].
         batch: samples per forward pass.
         limit: samples analysed (a seeded random subset of the split; None = all).
+        grad_mode: surrogate gradient of the IF neurons for every gradient taken (g, ρ_adv,
+            FGSM, PGD), e.g. ``"sigmoid:4"`` or ``"rga"``; None keeps the model's own (training) mode.
     """
 
     eps: tuple[float, ...] = DEFAULT_EPS
@@ -70,6 +72,7 @@ class AnalysisSettings:
     hist_bins: int = 101
     batch: int = 32
     limit: int | None = 256
+    grad_mode: str | None = None
 
     def __post_init__(self) -> None:
         if any(not e >= 0 for e in self.eps):
@@ -449,7 +452,13 @@ def analyze_models(
     per_model: dict[str, dict[str, Any]] = {}
     for name, (model, payload) in models.items():
         log.info("analysing %s on %d samples", name, samples.x.shape[1])
-        m = measure_model(model, samples, settings, seed)
+        if settings.grad_mode is not None:
+            from dvsguard.snn.neuron import gradient_mode
+
+            with gradient_mode(model, settings.grad_mode):
+                m = measure_model(model, samples, settings, seed)
+        else:
+            m = measure_model(model, samples, settings, seed)
         train = payload.get("train") or {}
         m["defense"] = train.get("defense")
         m["lam"] = training_lambda(train)

@@ -282,3 +282,24 @@ def test_analyze_refuses_a_checkpoint_of_other_classes(cache_and_checkpoints: tu
     assert stderr.strip().count("\n") == 0 and "classes" in stderr
     code, _, stderr = _cli(capsys, "analyze", str(bad), "--cache", str(cache), "--eps", "1/0")
     assert code == 1 and "--eps" in stderr
+
+
+def test_grad_mode_changes_g_and_is_restored(samples: Samples, tmp_path: Path) -> None:
+    from dvsguard.snn import gradient_modes
+
+    model = _tiny(1)
+    before = gradient_modes(model)
+    settings = AnalysisSettings(eps=(0.0,), theory_eps=0.1, mc_draws=1, adv_steps=0, fd_steps=(0.1,), pgd_steps=1,
+                                heatmaps=0, batch=8, limit=None, grad_mode="sigmoid:4")
+    analyze_models({"m": (model, {})}, samples, tmp_path, settings, write_figures=False)
+    assert gradient_modes(model) == before
+    doc = json.loads((tmp_path / "analysis.json").read_text())
+    assert doc["settings"]["grad_mode"] == "sigmoid:4"
+    default = gradient_norms(true_label_gradient(model, samples.x, samples.y).g)
+    l1 = np.asarray(doc["models"]["m"]["per_sample"]["l1"])
+    assert not np.allclose(l1, default.l1.numpy())
+    from dvsguard.snn.neuron import gradient_mode
+
+    with gradient_mode(model, "sigmoid:4"):
+        np.testing.assert_allclose(l1, gradient_norms(true_label_gradient(model, samples.x, samples.y).g).l1.numpy(),
+                                   rtol=1e-6)
