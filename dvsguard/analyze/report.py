@@ -98,6 +98,7 @@ class RunLayout:
     attack: dict[str, Path]
     analyze: Path | None
     export: Path | None
+    extra_analyses: dict[str, Path] = field(default_factory=dict)  # train/<name>/analysis folders
 
 
 def _read_json(path: Path) -> Any | None:
@@ -149,7 +150,8 @@ def discover(run_dir: str | os.PathLike[str]) -> RunLayout:
     export = root / "export" if (root / "export").is_dir() else None
     if state is None and not (train or attack or analyze or export):
         raise ConfigError(f"{root}: not a run folder (no pipeline_state.json, train/, attack/, analyze/, export/ or metrics.jsonl)")
-    return RunLayout(root, "pipeline", state, train, attack, analyze, export)
+    extra = {name: folder / "analysis" for name, folder in train.items() if (folder / "analysis").is_dir()}
+    return RunLayout(root, "pipeline", state, train, attack, analyze, export, extra)
 
 
 # ----------------------------------------------------------------------------- formatting helpers
@@ -368,11 +370,11 @@ def attack_tables(doc: Any) -> list[Table]:
     return [t] if t is not None else []
 
 
-def analysis_section(folder: Path | None) -> Section | None:
+def analysis_section(folder: Path | None, title: str = "Analysis") -> Section | None:
     """The summary of analysis.json and every analysis figure."""
     if folder is None:
         return None
-    sec = Section("Analysis")
+    sec = Section(title)
     doc = _read_json(folder / "analysis.json") if (folder / "analysis.json").is_file() else None
     if isinstance(doc, dict) and isinstance(doc.get("models"), dict):
         s = doc.get("settings", {})
@@ -540,7 +542,8 @@ def build_report(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     root = layout.root
     assets = root / ASSETS
     sections = [overview_section(layout)]
-    for sec in (training_section(layout, assets), attack_section(layout), analysis_section(layout.analyze),
+    extra = [analysis_section(folder, f"Analysis: {name}") for name, folder in layout.extra_analyses.items()]
+    for sec in (training_section(layout, assets), attack_section(layout), analysis_section(layout.analyze), *extra,
                 export_section(layout.export, layout.state)):
         if sec is not None:
             sections.append(sec)

@@ -106,6 +106,13 @@ def test_training_run_folder_alone(run_dir: Path) -> None:
     assert (folder / "report.html").is_file() and (folder / "report.md").is_file()
 
 
+def test_analysis_beside_a_checkpoint_in_a_pipeline_run(run_dir: Path) -> None:
+    _png(run_dir / "train" / "sr" / "analysis" / "theorem.png")
+    result = build_report(run_dir)
+    assert result["sections"] == ["Run", "Training", "Robustness", "Analysis", "Analysis: sr", "Export"]
+    assert result["images"] == 5
+
+
 def test_a_run_with_only_training(tmp_path: Path) -> None:
     _metrics(tmp_path / "run" / "train" / "a" / "metrics.jsonl", 2)
     (tmp_path / "run" / "train" / "a" / "metrics.jsonl").open("a").write('{"epoch": 3, "train_lo')  # a write in progress
