@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow test-all quickstart clean
+.PHONY: install lava-env test test-slow test-all quickstart clean
 
 $(BIN)/dvsguard: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,18 +16,21 @@ $(BIN)/dvsguard: pyproject.toml
 
 install: $(BIN)/dvsguard
 
-test: install
+# The Lava runtime (Python 3.10, lava-dl 0.6.0) that checks exported networks; idempotent.
+lava-env:
+	bash scripts/lava_env.sh
+
+test: install lava-env
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-slow: install
+test-slow: install lava-env
 	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
-test-all: install
+test-all: install lava-env
 	$(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
-quickstart: install
-	$(BIN)/dvsguard synth digits
-	$(BIN)/dvsguard preprocess digits
+quickstart: install lava-env
+	$(BIN)/dvsguard run pipelines/quickstart.toml
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .lava-env .pytest_cache
