@@ -82,6 +82,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
     "export": {
         "model": (str, REQUIRED),
         "verify": (int, 0),
+        "compare": (bool, True),
         "name": (str, None),
     },
     "report": {

@@ -146,26 +146,29 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
 
     if cfg.analyze is not None:
         z = cfg.analyze
-        names = z["models"] or cfg.train_names()
-        out = run / "analyze"
+        analyzed = z["models"] or cfg.train_names()
+        analyze_out = run / "analyze"
 
         def analyze_args(r: dict[str, dict[str, Any]]) -> list[str]:
-            args = ["analyze", *[ckpts[n](r) for n in names], "--cache", cache(r), "--split", z["split"],
-                    "--out", str(out), "--seed", str(cfg.seed)]
+            args = ["analyze", *[ckpts[n](r) for n in analyzed], "--cache", cache(r), "--split", z["split"],
+                    "--out", str(analyze_out), "--seed", str(cfg.seed)]
             return args + _opt("--limit", z["limit"]) + _opt("--eps", z["eps"])
 
         stages.append(Stage("analyze", "analyze", analyze_args,
-                            inputs=lambda r: [ckpts[n](r) for n in names], out_dir=out))
+                            inputs=lambda r: [ckpts[n](r) for n in analyzed], out_dir=analyze_out))
 
     if cfg.export is not None:
         e = cfg.export
-        out = run / "export"
+        export_out = run / "export"
 
         def export_args(r: dict[str, dict[str, Any]]) -> list[str]:
-            args = ["export", ckpts[e["model"]](r), "--out", str(out), "--name", e["name"] or e["model"]]
-            return args + (["--verify", str(e["verify"]), "--cache", cache(r)] if e["verify"] else [])
+            args = ["export", ckpts[e["model"]](r), "--out", str(export_out), "--name", e["name"] or e["model"]]
+            if e["verify"] or e["compare"]:
+                args += ["--cache", cache(r)] + (["--verify", str(e["verify"])] if e["verify"] else [])
+            return args + (["--compare"] if e["compare"] else [])
 
-        stages.append(Stage("export", "export", export_args, inputs=lambda r: [ckpts[e["model"]](r)], out_dir=out))
+        stages.append(Stage("export", "export", export_args, inputs=lambda r: [ckpts[e["model"]](r)],
+                            out_dir=export_out))
 
     if cfg.report is not None and cfg.report["enabled"]:
         stages.append(Stage("report", "report", lambda r: ["report", str(run)], inputs=_report_inputs))

@@ -98,3 +98,15 @@ def test_plan_from_and_only(tmp_path: Path) -> None:
     assert actions == {"synth": "run", "preprocess": "run (forced)", "train:a": "run (forced)"}
     with pytest.raises(ConfigError, match="no stage named 'nope'"):
         plan(cfg, only="nope")
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_each_stage_writes_its_own_folder(path: Path) -> None:
+    outs = []
+    for row in plan(load_pipeline(path)):
+        cmd = row["command"]
+        if "--out" in cmd:
+            out = Path(cmd[cmd.index("--out") + 1])
+            assert out.name in (row["stage"].split(":")[-1], row["stage"]), (row["stage"], out)
+            outs.append(out)
+    assert len(outs) == len(set(outs))

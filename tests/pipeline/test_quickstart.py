@@ -1,0 +1,43 @@
+"""The shipped quickstart pipeline from start to finish (slow: about 10 minutes on 2 cores)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_quickstart_pipeline(tmp_path: Path) -> None:
+    text = (ROOT / "pipelines" / "quickstart.toml").read_text()
+    run_dir = tmp_path / "quickstart"
+    text = text.replace('run_dir = "runs/quickstart"', f'run_dir = "{run_dir}"')
+    text = text.replace("[data]\n", f'[data]\ncache_dir = "{tmp_path / "cache"}"\n', 1)
+    pipeline = tmp_path / "quickstart.toml"
+    pipeline.write_text(text)
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "dvsguard", "run", str(pipeline), "--json"],
+                          capture_output=True, text=True, timeout=3600)
+    seconds = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result["stages"].values()) == {"ran"}
+    print(f"quickstart took {seconds:.0f} s")
+
+    def pgd_accuracy(name: str) -> float:
+        table = json.loads((run_dir / "attack" / name / "attack.json").read_text())
+        rows = [r for r in table["results"] if r["attack"].startswith("pgd") and r["setting"] == "white"]
+        return min(r["accuracy"] for r in rows)
+
+    vanilla, sr_star = pgd_accuracy("vanilla"), pgd_accuracy("sr-star")
+    print(f"white-box PGD accuracy: vanilla {vanilla:.3f}, SR* {sr_star:.3f}")
+    assert sr_star > vanilla
+    report = run_dir / "report.html"
+    assert report.is_file() and "<img" in report.read_text()
+    assert (run_dir / "export").is_dir()
