@@ -184,8 +184,10 @@ def fingerprint(args: list[str], inputs: list[str]) -> str:
     """sha256 over a stage's arguments and the content (or size+mtime for huge files) of its inputs."""
     h = hashlib.sha256(json.dumps(args).encode())
     for item in inputs:
-        p = Path(item)
         h.update(item.encode())
+        if item.startswith(("{", "<")) or len(item) > 4096:  # a value (or a placeholder), not a path
+            continue
+        p = Path(item)
         if p.is_file():
             st = p.stat()
             if st.st_size <= HASH_LIMIT:
