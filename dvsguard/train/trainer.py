@@ -170,6 +170,7 @@ def _write_atomic(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are plain reports
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

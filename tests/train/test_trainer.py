@@ -129,12 +129,14 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["model"]["state_dict"]
 
 
-def test_resume_after_sigkill_reaches_the_same_weights(tiny_cache, tmp_path):
+def test_resume_after_sigkill_reaches_the_same_weights(tiny_cache, tmp_path, one_thread):
     args = ["--cache", str(tiny_cache), "--defense", "pgd-at", "--pgd-steps", "2", "--preset", "tiny",
             "--epochs", "2", "--batch", "4", "--limit-train", "64", "--robust-limit", "4", "--limit-test", "8",
             "--seed", "3"]
     ref, run = tmp_path / "ref", tmp_path / "run"
-    subprocess.run(_cli([*args, "--out", str(ref)]), env=ENV, check=True, capture_output=True, timeout=300)
+    # the uninterrupted reference, in this process with the same single thread as the subprocesses
+    train(_cfg(tiny_cache, defense="pgd-at", pgd_steps=2, epochs=2, batch=4, limit_train=64, robust_limit=4,
+               limit_test=8, seed=3, augment=True), ref, device="cpu")
 
     proc = subprocess.Popen(_cli([*args, "--out", str(run)]), env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
