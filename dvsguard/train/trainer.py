@@ -326,6 +326,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "rng": rng_states,
                 "world": self.ctx.world,
+                "workers": self.workers,
                 "history": list(self.history),
                 "best_acc": self.best_acc,
                 "best_epoch": self.best_epoch,
@@ -372,6 +373,9 @@ class Trainer:
         payload = load_checkpoint(path, map_location="cpu")
         self._check_resumable(payload, path)
         trainer = payload["trainer"]
+        if self.cfg.augment and trainer.get("workers") != self.workers:
+            log.warning("%s: the run used %s DataLoader worker(s), now %d: augmentation draws depend on it, so the "
+                        "resumed run will not repeat an uninterrupted one exactly", path, trainer.get("workers"), self.workers)
         self.model.load_state_dict(payload["model"]["state_dict"])
         self.optimizer.load_state_dict(trainer["optimizer"])
         self.scheduler.load_state_dict(trainer["scheduler"])
