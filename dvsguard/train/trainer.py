@@ -9,7 +9,8 @@ history); ``RUN_DIR/best.pt`` holds the model of the best clean test accuracy.
 Resume is at epoch granularity: a killed run restarts the interrupted epoch from the last
 end-of-epoch checkpoint. An epoch's batches, augmentation and PGD starts depend only on
 ``(seed, epoch)`` and the restored generator states, so the resumed run reaches the same
-weights as an uninterrupted one (on CPU, with the same number of processes and threads).
+weights as an uninterrupted one (on CPU, with the same number of processes, threads and
+DataLoader workers: the data stage draws augmentation per worker).
 
 Frames are ``[T, B, 2, H, W]`` float in the cache's value range; ε in frame units.
 """
