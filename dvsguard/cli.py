@@ -200,18 +200,19 @@ def attack(
     limit: int = typer.Option(None, "--limit", min=1, help="Attack a fixed seeded subset of N samples."),
     batch: int = typer.Option(64, "--batch", min=1, help="Samples per batch."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random starts (per sample) and of the --limit subset."),
+    alpha: str = typer.Option(None, "--alpha", help="PGD step α in frame units, e.g. 0.01 or 2/255 (default 2.5·ε/k)."),
     out: Path = typer.Option(None, "--out", help="Folder for attack.json, attack.md, robust_vs_eps.png (default: the checkpoint's)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Robust accuracy under FGSM/PGD/APGD (white box, and black box with --source) as a table."""
-    from dvsguard.attack.evaluate import EvalConfig, parse_eps_list
+    from dvsguard.attack.evaluate import EvalConfig, parse_eps, parse_eps_list
     from dvsguard.attack.evaluate import run as run_attack
 
     cfg = EvalConfig(
         attacks=tuple(a.strip().lower() for a in attacks.split(",") if a.strip()),
         eps=parse_eps_list(eps), ensemble=ensemble,
         modes=tuple(m.strip() for m in modes.split(",") if m.strip()) if modes else None,
-        batch_size=batch, limit=limit, seed=seed,
+        batch_size=batch, limit=limit, seed=seed, pgd_alpha=parse_eps(alpha) if alpha is not None else None,
     )
     result = run_attack(checkpoint, cache, cfg, split=split, source=source, out_dir=out)
     if result["rank"] != 0:  # under torchrun only rank 0 reports

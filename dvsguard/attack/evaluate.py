@@ -55,6 +55,7 @@ class EvalConfig:
         batch_size, limit: samples per batch; evaluate a seeded subset of ``limit`` samples.
         seed: keys every random start (per sample) and the subset.
         attack_kwargs: extra keyword arguments per attack name (e.g. ``{"pgd10": {"alpha": 0.01}}``).
+        pgd_alpha: step α of every ``pgd<k>`` in frame units (None: 2.5·ε/k).
     """
 
     attacks: tuple[str, ...] = DEFAULT_ATTACKS
@@ -66,6 +67,14 @@ class EvalConfig:
     limit: int | None = None
     seed: int = 0
     attack_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pgd_alpha: float | None = None
+
+    def kwargs(self, name: str) -> dict[str, Any]:
+        """Keyword arguments for the attack called ``name``."""
+        kw = dict(self.attack_kwargs.get(name, {}))
+        if self.pgd_alpha is not None and name.startswith("pgd"):
+            kw.setdefault("alpha", self.pgd_alpha)
+        return kw
 
     def __post_init__(self) -> None:
         if not self.attacks:
@@ -74,6 +83,8 @@ class EvalConfig:
             raise AttackError(f"eps must be a non-empty list of values > 0 (frame units), got {list(self.eps)}")
         if self.batch_size < 1:
             raise AttackError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.pgd_alpha is not None and not self.pgd_alpha > 0:
+            raise AttackError(f"PGD step alpha must be > 0 (frame units), got {self.pgd_alpha}")
         if self.limit is not None and self.limit < 1:
             raise AttackError(f"limit must be >= 1, got {self.limit}")
         if self.modes is not None:
@@ -163,7 +174,7 @@ def attack_batch(
                 on_job()
             continue
         for eps in cfg.eps:
-            attack = make_attack(name, eps, value_range=value_range, seed=cfg.seed, **cfg.attack_kwargs.get(name, {}))
+            attack = make_attack(name, eps, value_range=value_range, seed=cfg.seed, **cfg.kwargs(name))
             for setting, crafter in settings:
                 modes = cfg.modes if cfg.ensemble else (None,)
                 result = Ensemble(attack, modes=modes, early_exit=cfg.early_exit).run(crafter, x, y, ids, target=target)
@@ -397,6 +408,7 @@ def run(
         "attacks": list(cfg.attacks),
         "eps": list(cfg.eps),
         "value_range": list(value_range),
+        "pgd_alpha": cfg.pgd_alpha if cfg.pgd_alpha is not None else "2.5*eps/steps",
         "world_size": world,
         "results": records,
         "clean_accuracy": next((r["accuracy"] for r in records if r["attack"] == "clean"), None),

@@ -98,12 +98,13 @@ def test_run_writes_json_markdown_and_plot(digits_cache, tmp_path) -> None:
 def test_cli_attack_json(digits_cache, tmp_path) -> None:
     train, target, source = digits_cache
     proc = run_cli("attack", str(target), "--cache", str(train), "--attacks", "clean,fgsm,pgd2,apgd2",
-                   "--eps", "8/255", "--source", str(source), "--limit", "5", "--batch", "3", "--json")
+                   "--eps", "8/255", "--source", str(source), "--limit", "5", "--batch", "3", "--alpha", "2/255", "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["paths"]["json"] == str(target.parent / "attack.json")
     assert (target.parent / "attack.md").is_file() and "png" not in result["paths"]
     assert result["members"] == ["triangle:1", "sigmoid:4", "atan:2", "rga"]
+    assert result["pgd_alpha"] == pytest.approx(2 / 255)
     settings = {(r["attack"], r["setting"]) for r in result["results"]}
     assert ("apgd2", "black") in settings and ("pgd2", "white") in settings
     clean = result["clean_accuracy"]
@@ -156,3 +157,10 @@ def test_modes_grid_expands_to_thirty_widths() -> None:
     assert EvalConfig(modes=("grid:atan",)).modes[-1] == GradientMode("atan", 3.0)
     with pytest.raises(Exception, match="unknown kind"):
         EvalConfig(modes=("bogus:1",))
+
+
+def test_pgd_alpha_reaches_every_pgd() -> None:
+    cfg = EvalConfig(attacks=("clean", "pgd10", "fgsm"), pgd_alpha=0.01)
+    assert cfg.kwargs("pgd10") == {"alpha": 0.01} and cfg.kwargs("fgsm") == {}
+    with pytest.raises(AttackError, match="alpha"):
+        EvalConfig(pgd_alpha=-1.0)
