@@ -362,6 +362,9 @@ def export_cmd(
                 f"accuracy {c['accuracy_int']:.4f} (PyTorch {c['accuracy_float']:.4f}), "
                 f"mean |logit error| {c['logit_mean_abs_error']:.4g}"
             )
+            sat = [f"layer {k}: " + ", ".join(f"{n} {e[n]}" for n in e) for k, e in enumerate(c["layer_events"]) if e]
+            if sat:
+                lines.append("saturation events (integer limits reached): " + "; ".join(sat))
         if "verify" in r:
             v = r["verify"]
             lines.append(
