@@ -328,7 +328,7 @@ def export_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Export to lava-dl netx for Loihi 2 (integer weights, folded BN and pooling) with a resource table."""
-    from dvsguard.export.exporter import compare_export, export_checkpoint, lava_estimate, test_split_path, verify_export
+    from dvsguard.export.exporter import compare_export, export_checkpoint, lava_estimate, resolve_test_split, verify_export
 
     result, model, payload = export_checkpoint(checkpoint, out, name)
     report: dict[str, Any] = {
@@ -343,7 +343,7 @@ def export_cmd(
     if not as_json:
         typer.echo(result.table)
     if compare or verify:
-        test_path = test_split_path(payload, cache)
+        test_path = resolve_test_split(payload, cache)
         if compare:
             report["compare"] = compare_export(model, result.net_path, test_path, max_samples=limit)
         if verify:

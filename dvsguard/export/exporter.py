@@ -125,7 +125,7 @@ def export_checkpoint(ckpt: str | os.PathLike[str], out_dir: str | os.PathLike[s
     return result, model, payload
 
 
-def test_split_path(payload: dict[str, Any], data: str | os.PathLike[str] | None = None) -> Path:
+def resolve_test_split(payload: dict[str, Any], data: str | os.PathLike[str] | None = None) -> Path:
     """The test-split frame cache: ``data`` if given (a test cache, or any split's cache
     whose test sibling is used), else the test sibling of the checkpoint's training cache."""
     from dvsguard.data.cache import open_cache, split_path
