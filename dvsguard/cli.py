@@ -146,7 +146,8 @@ def train(
     preset: str = typer.Option("small", "--preset", help="Model preset: vgg11 (paper), vgg11-loihi, small, tiny."),
     epochs: int = typer.Option(200, "--epochs", min=1, help="Epochs (the cosine schedule spans them)."),
     batch: int = typer.Option(24, "--batch", min=1, help="Batch size (per process under torchrun)."),
-    lr: float = typer.Option(0.1, "--lr", help="Initial SGD learning rate."),
+    lr: float = typer.Option(0.1, "--lr", help="Initial learning rate (about 1e-3 for adam)."),
+    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd (the paper's, momentum 0.9) or adam (short runs)."),
     lam: float = typer.Option(None, "--lam", help="SR weight λ (default 0.002)."),
     sr_form: str = typer.Option("sq", "--sr-form", help="SR term: sq = mean squared difference quotient (released code), abs = Eq. 14."),
     eps: str = typer.Option("2/255", "--eps", help="Adversarial-training and robust-check ε in frame units, e.g. 2/255."),
@@ -171,7 +172,7 @@ def train(
     from dvsguard.train.trainer import train as run_train
 
     cfg = TrainConfig(
-        cache=str(cache), defense=defense, preset=preset, epochs=epochs, batch=batch, lr=lr,
+        cache=str(cache), defense=defense, preset=preset, epochs=epochs, batch=batch, lr=lr, optimizer=optimizer,
         weight_decay=weight_decay, lam=lam, sr_form=sr_form, eps=parse_eps(eps), attack=attack,
         pgd_steps=pgd_steps, pgd_alpha=parse_eps(pgd_alpha) if pgd_alpha is not None else None, seed=seed,
         augment=not no_augment, limit_train=limit_train, limit_test=limit_test, robust_limit=robust_limit, amp=amp,

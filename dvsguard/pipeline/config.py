@@ -55,6 +55,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "epochs": (int, 200),
         "batch": (int, 24),
         "lr": (Number, None),
+        "optimizer": (str, None),
+        "augment": (bool, None),
         "lam": (Number, None),
         "sr_form": (str, None),
         "eps": ((str, int, float), None),

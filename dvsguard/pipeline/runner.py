@@ -109,9 +109,11 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
 
         def train_args(r: dict[str, dict[str, Any]], t: dict[str, Any] = t, out: Path = out) -> list[str]:
             args = ["train", "--cache", cache(r), "--defense", t["defense"], "--out", str(out)]
-            for key in ("preset", "epochs", "batch", "lr", "lam", "sr_form", "eps", "attack", "pgd_steps",
-                        "limit_train", "workers"):
+            for key in ("preset", "epochs", "batch", "lr", "optimizer", "lam", "sr_form", "eps", "attack",
+                        "pgd_steps", "limit_train", "workers"):
                 args += _opt("--" + key.replace("_", "-"), t[key])
+            if t["augment"] is False:
+                args.append("--no-augment")
             args += ["--seed", str(t["seed"] if t["seed"] is not None else cfg.seed)]
             return args
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -83,6 +84,15 @@ def test_rat_trains_without_weight_decay(tiny_cache, tmp_path, one_thread):
     assert load_checkpoint(tmp_path / "rat" / "last.pt")["trainer"]["optimizer"]["param_groups"][0]["weight_decay"] == 0.0
     with pytest.raises(ConfigError, match="without weight decay"):
         train(_cfg(tiny_cache, defense="rat", weight_decay=1e-4), tmp_path / "rat2", device="cpu")
+
+
+def test_adam_optimizer_trains_and_is_checkpointed(tiny_cache, tmp_path, one_thread):
+    with pytest.raises(ConfigError, match="optimizer 'rmsprop' is unknown"):
+        _cfg(tiny_cache, optimizer="rmsprop")
+    train(_cfg(tiny_cache, optimizer="adam", lr=1e-3, epochs=1), tmp_path / "adam", device="cpu")
+    state = load_checkpoint(tmp_path / "adam" / "last.pt")["trainer"]["optimizer"]
+    assert state["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi)), abs=1e-12)
+    assert any("exp_avg_sq" in s for s in state["state"].values())  # Adam's second moments, not SGD momentum
 
 
 def test_resume_refuses_other_settings_and_skips_finished_runs(tiny_cache, tmp_path, one_thread):
