@@ -78,14 +78,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 @app.command()
-def version(as_json: bool = JsonOpt) -> None:
-    """Print the dvsguard version."""
-    from dvsguard import __version__
-
-    _emit({"version": __version__}, as_json, lambda r: f"dvsguard {r['version']}")
-
-
-@app.command()
 def synth(
     out_dir: Path = typer.Argument(..., help="Folder to write the recordings into (new, empty, or a previous synth output)."),
     per_class: int = typer.Option(200, "--per-class", min=1, help="Recordings per class (10 digit classes)."),
@@ -225,96 +217,6 @@ def attack(
     )
 
 
-@app.command()
-def run(
-    pipeline: Path = typer.Argument(..., help="Pipeline file (TOML), e.g. pipelines/quickstart.toml."),
-    from_stage: str = typer.Option(None, "--from", help="Rerun from this stage (or group: data, train, attack, ...) on."),
-    only: str = typer.Option(None, "--only", help="Rerun only this stage (or group)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and exit."),
-    as_json: bool = JsonOpt,
-) -> None:
-    """Run a pipeline of stages; unchanged stages are skipped, a killed run resumes."""
-    from dvsguard.pipeline import load_pipeline, plan, run_pipeline
-
-    if from_stage and only:
-        raise typer.BadParameter("give --from or --only, not both")
-    cfg = load_pipeline(pipeline)
-    if dry_run:
-        rows = plan(cfg, start=from_stage, only=only)
-        _emit(
-            {"pipeline": str(cfg.path), "run_dir": str(cfg.run_dir), "plan": rows},
-            as_json,
-            lambda r: "\n".join(f"{row['action']:<20} {row['stage']:<22} {' '.join(row['command'])}" for row in r["plan"]),
-        )
-        return
-    result = run_pipeline(cfg, start=from_stage, only=only)
-    _emit(result, as_json, lambda r: "\n".join(f"{k:<22} {v}" for k, v in r["stages"].items()) + f"\nrun folder: {r['run_dir']}")
-
-
-@app.command()
-def analyze(
-    checkpoints: list[Path] = typer.Argument(..., help="Checkpoints (.pt); several are compared in every figure."),
-    cache: Path = typer.Option(..., "--cache", help="Frame cache (.h5) of any split; --split picks its sibling."),
-    split: str = typer.Option("test", "--split", help="Split analysed."),
-    out: Path = typer.Option(None, "--out", help="Output folder (default: analysis/ beside the first checkpoint)."),
-    limit: int = typer.Option(256, "--limit", min=0, help="Samples analysed: a seeded random subset (0: all)."),
-    eps: str = typer.Option(None, "--eps", help="ε list of the random-vs-FGSM curves, e.g. 0,4/255,16/255 (default 0 to 64/255)."),
-    theory_eps: str = typer.Option("2/255", "--theory-eps", help="Small ε of the measured ρ_adv/ρ_rand (Theorem 4.3)."),
-    mc_draws: int = typer.Option(32, "--mc-draws", min=1, help="Uniform draws per sample for ρ_rand."),
-    adv_steps: int = typer.Option(5, "--adv-steps", min=0, help="Sign-gradient ascent steps per start for ρ_adv."),
-    fd_steps: str = typer.Option("0.001,0.01,0.1", "--fd-steps", help="Finite-difference steps h (Proposition 4.4)."),
-    pgd_eps: str = typer.Option("8/255", "--pgd-eps", help="ε of the PGD accuracy (λ sweep)."),
-    pgd_steps: int = typer.Option(10, "--pgd-steps", min=1, help="Steps of that PGD attack."),
-    batch: int = typer.Option(32, "--batch", min=1, help="Samples per forward pass."),
-    grad_mode: str = typer.Option(None, "--grad-mode", help="Surrogate gradient for g and the attacks, e.g. sigmoid:4 or rga (default: the model's)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the sample subset and of every random draw."),
-    as_json: bool = JsonOpt,
-) -> None:
-    """The paper's measurements on checkpoints: random vs FGSM accuracy, Theorem 4.3, Prop. 4.4, sparsity, heatmaps, λ sweep."""
-    from dvsguard.analyze.analysis import AnalysisSettings, DEFAULT_EPS, parse_eps_list
-    from dvsguard.analyze.analysis import analyze as run_analyze
-
-    settings = AnalysisSettings(
-        eps=parse_eps_list(eps) if eps else DEFAULT_EPS,
-        theory_eps=parse_eps_list(theory_eps, "--theory-eps")[0],
-        mc_draws=mc_draws,
-        adv_steps=adv_steps,
-        fd_steps=parse_eps_list(fd_steps, "--fd-steps"),
-        pgd_eps=parse_eps_list(pgd_eps, "--pgd-eps")[0],
-        pgd_steps=pgd_steps,
-        batch=batch,
-        limit=limit or None,
-        grad_mode=grad_mode,
-    )
-    result = run_analyze(checkpoints, cache, split=split, out_dir=out, settings=settings, seed=seed)
-
-    def num(v: Any) -> str:
-        return "n/a" if v is None else f"{v:.4g}"
-
-    _emit(
-        result,
-        as_json,
-        lambda r: "\n".join(
-            f"{name:<20} clean {num(m['clean_acc'])}%  PGD {num(m['pgd_acc'])}%  mean ‖g‖₁ {num(m['mean_l1'])}  "
-            f"‖g‖₂ {num(m['mean_l2'])}  median ρ_adv/ρ_rand predicted {num(m['median_ratio_pred'])} "
-            f"measured {num(m['median_ratio_emp'])}"
-            for name, m in r["models"].items()
-        ) + f"\nwritten to {r['out_dir']}",
-    )
-
-
-@app.command()
-def report(
-    run_dir: Path = typer.Argument(..., help="A pipeline run folder (or a single training run folder)."),
-    as_json: bool = JsonOpt,
-) -> None:
-    """One self-contained HTML page (report.html, images embedded) and report.md of a run."""
-    from dvsguard.analyze.report import build_report
-
-    result = build_report(run_dir)
-    _emit(result, as_json, lambda r: f"report: {r['html']}\nmarkdown: {r['markdown']}\nsections: {', '.join(r['sections'])}")
-
-
 @app.command("export")
 def export_cmd(
     checkpoint: Path = typer.Argument(..., help="Trained checkpoint (.pt)."),
@@ -414,3 +316,101 @@ def predict(
     _emit(result.to_json(), as_json, human)
     if result.n_failed:
         raise typer.Exit(1)
+
+
+@app.command()
+def analyze(
+    checkpoints: list[Path] = typer.Argument(..., help="Checkpoints (.pt); several are compared in every figure."),
+    cache: Path = typer.Option(..., "--cache", help="Frame cache (.h5) of any split; --split picks its sibling."),
+    split: str = typer.Option("test", "--split", help="Split analysed."),
+    out: Path = typer.Option(None, "--out", help="Output folder (default: analysis/ beside the first checkpoint)."),
+    limit: int = typer.Option(256, "--limit", min=0, help="Samples analysed: a seeded random subset (0: all)."),
+    eps: str = typer.Option(None, "--eps", help="ε list of the random-vs-FGSM curves, e.g. 0,4/255,16/255 (default 0 to 64/255)."),
+    theory_eps: str = typer.Option("2/255", "--theory-eps", help="Small ε of the measured ρ_adv/ρ_rand (Theorem 4.3)."),
+    mc_draws: int = typer.Option(32, "--mc-draws", min=1, help="Uniform draws per sample for ρ_rand."),
+    adv_steps: int = typer.Option(5, "--adv-steps", min=0, help="Sign-gradient ascent steps per start for ρ_adv."),
+    fd_steps: str = typer.Option("0.001,0.01,0.1", "--fd-steps", help="Finite-difference steps h (Proposition 4.4)."),
+    pgd_eps: str = typer.Option("8/255", "--pgd-eps", help="ε of the PGD accuracy (λ sweep)."),
+    pgd_steps: int = typer.Option(10, "--pgd-steps", min=1, help="Steps of that PGD attack."),
+    batch: int = typer.Option(32, "--batch", min=1, help="Samples per forward pass."),
+    grad_mode: str = typer.Option(None, "--grad-mode", help="Surrogate gradient for g and the attacks, e.g. sigmoid:4 or rga (default: the model's)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sample subset and of every random draw."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """The paper's measurements on checkpoints: random vs FGSM accuracy, Theorem 4.3, Prop. 4.4, sparsity, heatmaps, λ sweep."""
+    from dvsguard.analyze.analysis import AnalysisSettings, DEFAULT_EPS, parse_eps_list
+    from dvsguard.analyze.analysis import analyze as run_analyze
+
+    settings = AnalysisSettings(
+        eps=parse_eps_list(eps) if eps else DEFAULT_EPS,
+        theory_eps=parse_eps_list(theory_eps, "--theory-eps")[0],
+        mc_draws=mc_draws,
+        adv_steps=adv_steps,
+        fd_steps=parse_eps_list(fd_steps, "--fd-steps"),
+        pgd_eps=parse_eps_list(pgd_eps, "--pgd-eps")[0],
+        pgd_steps=pgd_steps,
+        batch=batch,
+        limit=limit or None,
+        grad_mode=grad_mode,
+    )
+    result = run_analyze(checkpoints, cache, split=split, out_dir=out, settings=settings, seed=seed)
+
+    def num(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.4g}"
+
+    _emit(
+        result,
+        as_json,
+        lambda r: "\n".join(
+            f"{name:<20} clean {num(m['clean_acc'])}%  PGD {num(m['pgd_acc'])}%  mean ‖g‖₁ {num(m['mean_l1'])}  "
+            f"‖g‖₂ {num(m['mean_l2'])}  median ρ_adv/ρ_rand predicted {num(m['median_ratio_pred'])} "
+            f"measured {num(m['median_ratio_emp'])}"
+            for name, m in r["models"].items()
+        ) + f"\nwritten to {r['out_dir']}",
+    )
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A pipeline run folder (or a single training run folder)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """One self-contained HTML page (report.html, images embedded) and report.md of a run."""
+    from dvsguard.analyze.report import build_report
+
+    result = build_report(run_dir)
+    _emit(result, as_json, lambda r: f"report: {r['html']}\nmarkdown: {r['markdown']}\nsections: {', '.join(r['sections'])}")
+
+
+@app.command()
+def run(
+    pipeline: Path = typer.Argument(..., help="Pipeline file (TOML), e.g. pipelines/quickstart.toml."),
+    from_stage: str = typer.Option(None, "--from", help="Rerun from this stage (or group: data, train, attack, ...) on."),
+    only: str = typer.Option(None, "--only", help="Rerun only this stage (or group)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and exit."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Run a pipeline of stages; unchanged stages are skipped, a killed run resumes."""
+    from dvsguard.pipeline import load_pipeline, plan, run_pipeline
+
+    if from_stage and only:
+        raise typer.BadParameter("give --from or --only, not both")
+    cfg = load_pipeline(pipeline)
+    if dry_run:
+        rows = plan(cfg, start=from_stage, only=only)
+        _emit(
+            {"pipeline": str(cfg.path), "run_dir": str(cfg.run_dir), "plan": rows},
+            as_json,
+            lambda r: "\n".join(f"{row['action']:<20} {row['stage']:<22} {' '.join(row['command'])}" for row in r["plan"]),
+        )
+        return
+    result = run_pipeline(cfg, start=from_stage, only=only)
+    _emit(result, as_json, lambda r: "\n".join(f"{k:<22} {v}" for k, v in r["stages"].items()) + f"\nrun folder: {r['run_dir']}")
+
+
+@app.command()
+def version(as_json: bool = JsonOpt) -> None:
+    """Print the dvsguard version."""
+    from dvsguard import __version__
+
+    _emit({"version": __version__}, as_json, lambda r: f"dvsguard {r['version']}")
