@@ -24,9 +24,17 @@ r = mean_t s[t] ≈ f(ī), ī = mean_t I[t], with slope g(ī) (:func:`surrogate.
     ∂L/∂I[t] = Σ_t' ∂L/∂s[t'] · ∂r/∂I[t] = g(ī) · mean_t' ∂L/∂s[t']
 
 (every s[t'] is replaced by r, and ∂ī/∂I[t] = 1/T). This mode saves only ī (``[B, ...]``).
+The authors' released code multiplies g(ī) by the per-step ∂L/∂s[t] instead of its time
+mean; the two agree whenever ∂L/∂s is the same at every step, which holds in this network
+in eval mode (logits are a time mean and every other layer is time-invariant and affine),
+i.e. whenever an attack uses RGA.
+
+On CPU, float32 and bfloat16 tensors run through the compiled one-pass loops of
+:mod:`dvsguard.snn.kernels` (numba); other dtypes/devices, or ``USE_KERNELS = False``,
+use torch ops. Both give identical spikes and gradients equal to float rounding.
 
 :func:`if_reference` is the plain per-step autograd version of the same maths, kept as
-the test oracle and as the benchmark's "per-timestep loop" peer.
+the test oracle.
 """
 
 from __future__ import annotations
@@ -45,8 +53,8 @@ THRESHOLD = 1.0
 
 
 USE_KERNELS = True
-"""Use the compiled one-pass loops of :mod:`dvsguard.snn.kernels` for float32 CPU tensors when
-numba is available (False: always the torch-op loops; both give the same spikes)."""
+"""Use the compiled one-pass loops of :mod:`dvsguard.snn.kernels` for float32/bfloat16 CPU
+tensors when numba is available (False: always the torch-op loops; same spikes)."""
 
 
 def _use_kernels(x: torch.Tensor) -> bool:

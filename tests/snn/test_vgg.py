@@ -175,3 +175,32 @@ def test_small_preset_size() -> None:
     model = SpikingVGG(VGGConfig.preset("small"))
     assert 10_000 < num_parameters(model) < 500_000
     assert model(torch.rand(2, 2, 2, 48, 48)).shape == (2, 10)
+
+
+def test_rga_matches_per_step_form_in_eval(tiny: SpikingVGG, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In eval mode ∂L/∂s is the same at every step, so g(ī)·mean_t ∂L/∂s[t] (ours) equals the
+    released code's per-step g(ī)·∂L/∂s[t]; the input gradient is then constant over time."""
+    from dvsguard.snn import neuron
+    from dvsguard.snn.surrogate import rate_grad
+
+    tiny.eval()
+    x = torch.rand(5, 3, 2, 16, 16)
+    y = torch.tensor([0, 4, 9])
+
+    def input_grad() -> torch.Tensor:
+        xg = x.clone().requires_grad_()
+        with gradient_mode(tiny, RGA):
+            nn.functional.cross_entropy(tiny(xg), y).backward()
+        return xg.grad
+
+    ours = input_grad()
+
+    def per_step_backward(ctx, grad_s):
+        (i_mean,) = ctx.saved_tensors
+        return (rate_grad(i_mean, ctx.threshold) * grad_s.to(i_mean.dtype)).to(ctx.in_dtype), None, None
+
+    monkeypatch.setattr(neuron._IFRate, "backward", staticmethod(per_step_backward))
+    theirs = input_grad()
+    assert ours.abs().sum() > 0
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(ours, ours[:1].expand_as(ours), rtol=1e-5, atol=1e-7)
