@@ -144,7 +144,7 @@ def test_bf16_input_gives_exact_bf16_spikes() -> None:
 
 
 @pytest.mark.parametrize("mode", [TRIANGLE, SIGMOID, ATAN, GradientMode("triangle", 0.3), RGA], ids=str)
-@pytest.mark.parametrize("shape", [(1, 7), (3, 2, 1500), (10, 70_001), (6, 2, 8, 12, 12)], ids=str)
+@pytest.mark.parametrize("shape", [(1, 7), (3, 2, 1500), (2, 70_001), (6, 2, 8, 12, 12)], ids=str)
 def test_compiled_loops_equal_torch_loops(monkeypatch: pytest.MonkeyPatch, mode: GradientMode, shape) -> None:
     """The numba kernels (several threads, ragged blocks) match the torch-op loops in float32."""
     if not kernels.available():
@@ -163,7 +163,7 @@ def test_compiled_loops_equal_torch_loops(monkeypatch: pytest.MonkeyPatch, mode:
 
 
 @pytest.mark.parametrize("mode", [TRIANGLE, SIGMOID, ATAN, RGA], ids=str)
-@pytest.mark.parametrize("shape", [(4, 3, 700), (10, 70_001)], ids=str)
+@pytest.mark.parametrize("shape", [(4, 3, 700), (2, 70_001)], ids=str)
 def test_compiled_loops_bf16_in_and_out(monkeypatch: pytest.MonkeyPatch, mode: GradientMode, shape) -> None:
     """bf16 current read directly by the kernels: same spikes and (bf16-rounded) gradients as
     promoting to float32 with torch ops."""

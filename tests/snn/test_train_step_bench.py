@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # three fresh Python processes: ~10 s on an idle machine, more under load
 def test_benchmark_tiny_runs() -> None:
     cmd = [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--preset", "tiny", "--batch", "2",
            "--timesteps", "3", "--steps", "1", "--warmup", "0", "--threads", "1", "--only", "dvsguard,loop", "--json"]
