@@ -425,7 +425,7 @@ def lambda_sweep(models: dict[str, dict[str, Any]], attack: str) -> dict[str, An
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    from dvsguard.analyze.files import write_text
+    from dvsguard.atomic import write_text
 
     write_text(path, json.dumps(stats.jsonable(doc), indent=1, allow_nan=False))
 

@@ -39,7 +39,7 @@ def _colors(n: int) -> list[Any]:
 
 def save_png(fig: Figure, path: str | os.PathLike[str]) -> Path:
     """Render ``fig`` to PNG and write it atomically."""
-    from dvsguard.analyze.files import write_bytes
+    from dvsguard.atomic import write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

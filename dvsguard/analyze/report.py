@@ -536,7 +536,7 @@ def render_markdown(title: str, sections: Sequence[Section], root: Path) -> str:
 
 def build_report(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Write ``RUN_DIR/report.html`` and ``RUN_DIR/report.md``; return paths, sections and image count."""
-    from dvsguard.analyze.files import write_text
+    from dvsguard.atomic import write_text
 
     layout = discover(run_dir)
     root = layout.root

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dvsguard.atomic import atomic_open, write_text
 from dvsguard.attack import make_attack
 from dvsguard.attack.base import ValueRange, eval_mode, parse_mode, predict
 from dvsguard.attack.ensemble import Ensemble, gamma_grid, has_spiking_neurons, paper_modes
@@ -279,20 +279,6 @@ def markdown_table(records: Sequence[dict[str, Any]], eps_list: Sequence[float])
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def plot_robust_vs_eps(records: Sequence[dict[str, Any]], eps_list: Sequence[float], path: Path) -> Path:
     """Robust accuracy (%) against ε per attack (white solid, black dashed) as a PNG."""
     import matplotlib
@@ -318,7 +304,8 @@ def plot_robust_vs_eps(records: Sequence[dict[str, Any]], eps_list: Sequence[flo
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=120)
     plt.close(fig)
     return path
 
@@ -427,8 +414,8 @@ def run(
             f"{'ensemble over ' + ', '.join(members) if members else 'no ensemble'}"
             f"{'; black box source ' + Path(source).name if source is not None else ''}; seed {cfg.seed}.\n\n"
         )
-        _atomic_write(paths["md"], lambda f: f.write(header + table + "\n"))
-        _atomic_write(paths["json"], lambda f: f.write(json.dumps(result, indent=2, default=str) + "\n"))
+        write_text(paths["md"], header + table + "\n")
+        write_text(paths["json"], json.dumps(result, indent=2, default=str) + "\n")
     result["rank"] = rank
     log.info("attack evaluation of %d samples took %.1f s", tally.total, result["seconds"])
     return result

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from dvsguard.atomic import atomic_open
 from dvsguard.errors import RecordingError
 
 log = logging.getLogger(__name__)
@@ -117,15 +117,7 @@ def write_aedat2_dvs128(path: str | os.PathLike, events: np.ndarray) -> Path:
     raw_p = 1 - (np.asarray(events["p"]) > 0).astype(np.int64)
     raw["address"] = (raw_y << 8) | (raw_x << 1) | raw_p
     raw["t"] = np.asarray(events["t"], dtype=np.int64)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(_HEADER)
-            fh.write(raw.tobytes())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as fh:
+        fh.write(_HEADER)
+        fh.write(raw.tobytes())
     return path

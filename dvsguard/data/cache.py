@@ -390,7 +390,6 @@ def build_cache(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     items = [(Path(p), int(y)) for p, y in items]
-    n = len(items)
     key = key or cache_key({split: items}, cfg, classes)
     siblings = {k: Path(v).name for k, v in (siblings or {split: path}).items()}
     siblings.setdefault(split, path.name)

@@ -35,13 +35,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from dvsguard.atomic import atomic_open
 from dvsguard.errors import RecordingError
 
 log = logging.getLogger(__name__)
@@ -448,15 +448,6 @@ def write_npz(
             converted[f] = events[f]
         events = converted
     size = np.asarray(tuple(sensor_size)[:2] + (2,), dtype=np.int64)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            (np.savez_compressed if compress else np.savez)(fh, events=events, sensor_size=size)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as fh:
+        (np.savez_compressed if compress else np.savez)(fh, events=events, sensor_size=size)
     return path

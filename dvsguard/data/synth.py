@@ -35,7 +35,6 @@ import json
 import logging
 import multiprocessing
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -45,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from dvsguard.atomic import write_text
 from dvsguard.data.events import EVENT_DTYPE, write_npz
 from dvsguard.errors import ConfigError
 
@@ -305,19 +305,6 @@ def _assign_images(cfg: SynthConfig, digit_labels: np.ndarray) -> np.ndarray:
     return np.concatenate(picks)
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _simulate_batch(job: tuple[SynthConfig, np.ndarray, int, Path, list[str]]) -> list[int]:
     """Simulate one batch and write its recordings to ``out/rel`` (module level for process pools).
 
@@ -387,13 +374,13 @@ def make_digits(out_dir: str | os.PathLike, cfg: SynthConfig | None = None, work
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(("path", "label"))
     writer.writerows(rows)
-    _atomic_text(out / "labels.csv", buf.getvalue())
+    write_text(out / "labels.csv", buf.getvalue())
     meta = {
         "format": FORMAT, "config": asdict(cfg), "classes": list(CLASSES), "sensor_size": list(sensor),
         # index into sklearn's digits of each recording's image, in labels.csv order
         "source_images": [int(i) for i in picks],
     }
-    _atomic_text(out / "synth.json", json.dumps(meta, indent=2) + "\n")
+    write_text(out / "synth.json", json.dumps(meta, indent=2) + "\n")
     seconds = time.perf_counter() - start
     log.debug("wrote %d recordings (%.0f events each on average) to %s in %.1f s", total, np.mean(counts), out, seconds)
     return {

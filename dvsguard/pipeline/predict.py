@@ -14,7 +14,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from dvsguard.atomic import write_text
 from dvsguard.data.events import read_events
 from dvsguard.data.frames import FramingConfig, events_to_frames, frames_to_float
 from dvsguard.data.preprocess import find_recordings, read_labels
@@ -142,13 +142,7 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     else:
         for row in rows:
             buf.write(json.dumps({k: row.get(k) for k in FIELDS}) + "\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", newline="") as fh:
-        fh.write(buf.getvalue())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_text(path, buf.getvalue())
 
 
 def _batches(loader: DataLoader, batch_size: int) -> Iterator[list[tuple[int, np.ndarray | None, int, str]]]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dvsguard.atomic import write_text
 from dvsguard.errors import ConfigError, DvsguardError
 from dvsguard.pipeline.config import PipelineConfig
 
@@ -223,13 +223,7 @@ class State:
 
     def put(self, name: str, record: dict[str, Any]) -> None:
         self.data["stages"][name] = record
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        with open(tmp, "w") as fh:
-            json.dump(self.data, fh, indent=2, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        write_text(self.path, json.dumps(self.data, indent=2, default=str))
 
     def results(self) -> dict[str, dict[str, Any]]:
         return {k: v["result"] for k, v in self.data["stages"].items() if v.get("finished")}

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dvsguard.atomic import write_text
 from dvsguard.attack import fgsm
 from dvsguard.data.cache import CacheInfo, open_cache, split_path
 from dvsguard.data.dataset import make_loader
@@ -168,20 +168,6 @@ class EpochStats:
 
 
 # ------------------------------------------------------------------------------ small utilities
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are plain reports
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _append_line(path: Path, record: dict[str, Any]) -> None:
@@ -397,7 +383,7 @@ class Trainer:
         self.start_epoch = int(payload["epoch"])
         self.resumed_from = self.start_epoch
         if self.ctx.is_main:  # the metrics file says what the checkpoint says, nothing after it
-            _write_atomic(self.out / METRICS, "".join(json.dumps(m) + "\n" for m in self.history))
+            write_text(self.out / METRICS, "".join(json.dumps(m) + "\n" for m in self.history))
         log.info("resuming %s after epoch %d of %d", self.out, self.start_epoch, self.cfg.epochs)
         return True
 
@@ -409,7 +395,7 @@ class Trainer:
             log.warning("%s holds an earlier run; starting over (pass --resume to continue it)", self.out)
             for name in (LAST, BEST):
                 (self.out / name).unlink(missing_ok=True)
-        _write_atomic(self.out / METRICS, "")
+        write_text(self.out / METRICS, "")
 
     # --- the loop ---
 
@@ -454,7 +440,7 @@ class Trainer:
             self._start_fresh()
         if ctx.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            _write_atomic(self.out / CONFIG, json.dumps(
+            write_text(self.out / CONFIG, json.dumps(
                 {"train": {**cfg.to_dict(), "weight_decay": cfg.resolved_weight_decay},
                  "data": _data_entry(self.info), "model": self.model.cfg.to_dict(),
                  "world": ctx.world, "device": str(ctx.device), "workers": self.workers}, indent=2) + "\n")
