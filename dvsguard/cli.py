@@ -157,6 +157,8 @@ def train(
     device: str = typer.Option("auto", "--device", help="auto (GPU if present), cpu, cuda or cuda:N."),
     amp: bool = typer.Option(False, "--amp", help="bf16 autocast for convolutions and linear layers."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    init: Path = typer.Option(None, "--init", help="Start from this trained checkpoint's weights (same preset and data)."),
+    fixed_point: bool = typer.Option(False, "--fixed-point", help="Fine-tune --init in Loihi 2 fixed point: the model trained is the integer network `export` writes."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Train a spiking VGG with a defense; checkpoints every epoch, resumable, DDP under torchrun."""
@@ -168,6 +170,7 @@ def train(
         weight_decay=weight_decay, lam=lam, sr_form=sr_form, eps=parse_eps(eps), attack=attack,
         pgd_steps=pgd_steps, pgd_alpha=parse_eps(pgd_alpha) if pgd_alpha is not None else None, seed=seed,
         augment=not no_augment, limit_train=limit_train, limit_test=limit_test, robust_limit=robust_limit, amp=amp,
+        init=str(init) if init is not None else None, fixed_point=fixed_point,
     )
     result = run_train(cfg, out, resume=resume, workers=workers, device=device, threads=threads)
     if result["rank"] != 0:  # under torchrun only rank 0 reports
@@ -265,9 +268,13 @@ def export_cmd(
                 f"accuracy {c['accuracy_int']:.4f} (PyTorch {c['accuracy_float']:.4f}), "
                 f"mean |logit error| {c['logit_mean_abs_error']:.4g}"
             )
+            if c["spike_mismatch"] is not None:
+                lines.append(f"spikes differing from PyTorch per hidden layer: {c['spike_mismatch']} "
+                             f"(of {c['spikes_compared']} compared)")
             sat = [f"layer {k}: " + ", ".join(f"{n} {e[n]}" for n in e) for k, e in enumerate(c["layer_events"]) if e]
             if sat:
-                lines.append("saturation events (integer limits reached): " + "; ".join(sat))
+                lines.append("saturation events (integer limits reached): " + "; ".join(sat)
+                             + f"; {c['departures']} of them can change a spike or the read-out")
         if "verify" in r:
             v = r["verify"]
             lines.append(

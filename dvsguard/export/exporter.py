@@ -52,17 +52,19 @@ def export_model(
     source: dict[str, Any] | None = None,
     framing: dict[str, Any] | None = None,
     classes: list[str] | None = None,
+    scales: dict[str, float] | None = None,
 ) -> ExportResult:
     """Quantize ``model`` (read only) and write ``out_dir/name.net`` and ``out_dir/name.json``.
 
     input_shape: ``(C, H, W)`` of one frame; input_scale: count_cap (counts per model-input
-    unit); time_steps: T frames per sample. Logs the resource table and warns when the
-    network cannot fit one Loihi 2 chip.
+    unit); time_steps: T frames per sample; scales: the per-layer scales recorded by
+    fixed-point training (None: the scale rule). Logs the resource table and warns when
+    the network cannot fit one Loihi 2 chip.
     """
     if not name or "/" in name or name.startswith("."):
         raise ExportError(f"invalid export name {name!r}")
     out = Path(out_dir)
-    q = quantize_model(model, input_shape, input_scale, time_steps)
+    q = quantize_model(model, input_shape, input_scale, time_steps, scales)
     table = resource_table(q)
     text = format_resource_table(table)
     if not table["fits_chip"]:
@@ -71,7 +73,8 @@ def export_model(
         q.warnings.append(msg)
     net_path = write_netx(q, out / f"{name}.net")
     manifest = build_manifest(
-        q, net_path, source=source or {}, framing=framing, classes=classes, resources=table
+        q, net_path, source=source or {}, framing=framing, classes=classes, resources=table,
+        scales_from="fixed-point record" if scales is not None else "scale rule",
     )
     manifest_path = write_json(out / f"{name}.json", manifest)
     return ExportResult(net_path=net_path, manifest_path=manifest_path, manifest=manifest, table=text, quantized=q)
@@ -88,8 +91,11 @@ def default_name(ckpt: Path) -> str:
 def export_checkpoint(ckpt: str | os.PathLike[str], out_dir: str | os.PathLike[str] = "export", name: str | None = None) -> tuple[ExportResult, Any, dict[str, Any]]:
     """Export a training checkpoint. Returns (result, model, payload).
 
+    A checkpoint written by fixed-point training (``"fixed_point"`` entry) is exported with
+    its recorded per-layer scales, which reproduce its on-grid weights as integers exactly.
     Raises CheckpointError for unreadable checkpoints or another architecture, and
-    ExportError when the checkpoint lacks the framing or holds values netx cannot take.
+    ExportError when the checkpoint lacks the framing, its fixed-point record does not
+    match, or it holds values netx cannot take.
     """
     from dvsguard.snn.checkpoint import load_model
 
@@ -103,6 +109,7 @@ def export_checkpoint(ckpt: str | os.PathLike[str], out_dir: str | os.PathLike[s
     h, w = int(framing.get("height", cfg.input_size)), int(framing.get("width", cfg.input_size))
     if (h, w) != (cfg.input_size, cfg.input_size):
         raise ExportError(f"{ckpt}: framing is {h}×{w} but the model takes {cfg.input_size}×{cfg.input_size}")
+    scales = _recorded_scales(ckpt, payload, float(framing["count_cap"]), int(framing["n_frames"]))
     source = {
         "checkpoint": str(ckpt.resolve()),
         "sha256": sha256_file(ckpt),
@@ -121,8 +128,29 @@ def export_checkpoint(ckpt: str | os.PathLike[str], out_dir: str | os.PathLike[s
         source=source,
         framing=framing,
         classes=data.get("classes"),
+        scales=scales,
     )
     return result, model, payload
+
+
+def _recorded_scales(ckpt: Path, payload: dict[str, Any], count_cap: float, n_frames: int) -> dict[str, float] | None:
+    """The per-layer scales of a fixed-point checkpoint (None for an ordinary one)."""
+    from dvsguard.errors import ConfigError
+    from dvsguard.snn.fixed_point import FixedPointSpec
+
+    record = payload.get("fixed_point")
+    if record is None:
+        return None
+    try:
+        spec = FixedPointSpec.from_dict(record)
+    except ConfigError as e:
+        raise ExportError(f"{ckpt}: {e}") from None
+    if spec.input_scale != count_cap or spec.time_steps != n_frames:
+        raise ExportError(
+            f"{ckpt}: fixed-point record is for count cap {spec.input_scale:g} and T={spec.time_steps}, "
+            f"the framing has {count_cap:g} and T={n_frames}"
+        )
+    return spec.scales()
 
 
 def resolve_test_split(payload: dict[str, Any], data: str | os.PathLike[str] | None = None) -> Path:

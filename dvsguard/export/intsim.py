@@ -41,11 +41,12 @@ import h5py
 import numpy as np
 
 from dvsguard.errors import ExportError
+from dvsguard.snn.fixed_point import ACT_SHIFT, STATE_BITS
 
 log = logging.getLogger(__name__)
 
-STATE_MAX = 2**23  # Lava's max_uv_val for 24-bit u, v
-ACT_SHIFT = 6
+STATE_MAX = 2 ** (STATE_BITS - 1)  # Lava's max_uv_val for 24-bit u, v
+EVENTS = ("current_wrap", "voltage_clip", "int32_overflow", "conv_wrap", "readout_spikes", "spike_after_clip")
 DECAY_SHIFT = 12
 DECAY_UNITY = 4096
 
@@ -111,7 +112,9 @@ class SimResult:
         events: counts of saturation events: ``current_wrap`` (u wrapped at 24 bits),
             ``voltage_clip`` (v clipped), ``int32_overflow`` (a ≪ 6 beyond int32, where
             Lava's own arithmetic would overflow), ``conv_wrap`` (conv output wrapped),
-            ``readout_spikes`` (the read-out neuron fired, losing its voltage).
+            ``readout_spikes`` (the read-out neuron fired, losing its voltage),
+            ``spike_after_clip`` (a neuron fired after its voltage was clipped at the
+            negative limit: only then can a clip change a spike of a hidden layer).
         layer_events: the same counts per layer.
     """
 
@@ -355,9 +358,19 @@ def _decay(x: np.ndarray, decay: int) -> np.ndarray:
 
 
 def neuron_step(
-    u: np.ndarray, v: np.ndarray, a: np.ndarray, layer: SimLayer, events: dict[str, int] | None = None
+    u: np.ndarray,
+    v: np.ndarray,
+    a: np.ndarray,
+    layer: SimLayer,
+    events: dict[str, int] | None = None,
+    clipped_low: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One CUBA step in place on int64 u, v given synaptic input a; returns the spikes (bool)."""
+    """One CUBA step in place on int64 u, v given synaptic input a; returns the spikes (bool).
+
+    clipped_low (bool, v's shape, updated in place) remembers the neurons whose voltage was
+    clipped at the negative limit since their last spike; a spike of such a neuron is counted
+    as ``spike_after_clip`` (the one way a negative clip can change the spikes).
+    """
     a6 = a << ACT_SHIFT
     if events is not None:
         over = int((np.abs(a6) >= 2**31).sum())
@@ -375,6 +388,11 @@ def neuron_step(
     if events is not None:
         events["voltage_clip"] = events.get("voltage_clip", 0) + int((clipped != vnew).sum())
     spikes = clipped > (layer.vth << ACT_SHIFT)
+    if clipped_low is not None:
+        clipped_low |= vnew < clipped
+        if events is not None:
+            events["spike_after_clip"] = events.get("spike_after_clip", 0) + int((spikes & clipped_low).sum())
+        clipped_low &= ~spikes
     clipped[spikes] = 0
     v[...] = clipped
     return spikes
@@ -405,7 +423,7 @@ def simulate(net: SimNet, frames: np.ndarray, record: bool = False, batch: int =
     """
     frames = _check_frames(net, frames)
     n, t = frames.shape[:2]
-    events: dict[str, int] = {"current_wrap": 0, "voltage_clip": 0, "int32_overflow": 0, "conv_wrap": 0, "readout_spikes": 0}
+    events: dict[str, int] = dict.fromkeys(EVENTS, 0)
     v_out = np.zeros((n, int(np.prod(net.layers[-1].out_shape))), dtype=np.int64)
     spikes: list[np.ndarray] | None = (
         [np.zeros((n, t, *layer.out_shape), dtype=bool) for layer in net.layers] if record else None
@@ -419,9 +437,10 @@ def simulate(net: SimNet, frames: np.ndarray, record: bool = False, batch: int =
             a = synapse(layer, x.reshape(b * t, *x.shape[2:]), ev).reshape(b, t, *layer.out_shape)
             u = np.zeros((b, *layer.out_shape), dtype=np.int64)
             v = np.zeros_like(u)
+            low = np.zeros(u.shape, dtype=bool)
             s = np.zeros((b, t, *layer.out_shape), dtype=bool)
             for j in range(t):
-                s[:, j] = neuron_step(u, v, a[:, j], layer, ev)
+                s[:, j] = neuron_step(u, v, a[:, j], layer, ev, low)
             if spikes is not None:
                 spikes[k][start : start + b] = s
             x = s
@@ -495,11 +514,18 @@ def compare(model: Any, netfile: str | os.PathLike[str], loader: Any, max_sample
     The integer network gets counts = round(x · input_scale). Returns n, prediction
     agreement, both accuracies, logit errors (integer logits = v_out / output_scale,
     compared with the model's mean logits: max and mean absolute error, and the mean
-    error relative to the spread of the float logits) and the saturation events (total
-    and per layer; a clipped voltage is where the integer neuron departs from the float
-    one, which has no lower bound).
+    error relative to the spread of the float logits), the saturation events (total and
+    per layer) and ``departures``: the events that can make the integer network depart
+    from the float one (wrapped currents, spikes after a negative clip, a clipped or firing
+    read-out). A hidden neuron clipped at the negative limit that does not fire again
+    before the sample ends behaves as the float neuron, which has no lower bound. For a
+    model whose IF layers map one to one onto the hidden layers (a SpikingVGG),
+    ``spike_mismatch`` counts per hidden layer the spikes where PyTorch and the integer
+    network differ, out of ``spikes_compared`` (None otherwise).
     """
     import torch
+
+    from dvsguard.snn.neuron import IFNeuron
 
     net = load_netx(netfile)
     scale = float(net.attrs.get("input_scale", 1.0))
@@ -510,6 +536,12 @@ def compare(model: Any, netfile: str | os.PathLike[str], loader: Any, max_sample
     events: dict[str, int] = {}
     by_layer: list[dict[str, int]] = [{} for _ in net.layers]
     seen = 0
+    neurons = [m for m in model.modules() if isinstance(m, IFNeuron)]
+    check_spikes = len(neurons) == len(net.layers) - 1
+    recorded: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: recorded.append(o.detach())) for m in neurons] if check_spikes else []
+    mismatch = [0] * len(neurons) if check_spikes else None
+    compared = 0
     was_training = model.training
     model.eval()
     try:
@@ -518,12 +550,18 @@ def compare(model: Any, netfile: str | os.PathLike[str], loader: Any, max_sample
                 break
             if max_samples is not None:
                 x, y = x[:, : max_samples - seen], y[: max_samples - seen]
+            recorded.clear()
             with torch.no_grad():
                 lf = model(x).double().cpu().numpy()
             counts = np.rint(x.double().cpu().numpy() * scale).astype(np.int64).swapaxes(0, 1)
             if net.time_steps is not None and counts.shape[1] != net.time_steps:
                 raise ExportError(f"{netfile}: exported for T={net.time_steps}, the data has T={counts.shape[1]}")
-            res = simulate(net, counts)
+            res = simulate(net, counts, record=check_spikes)
+            if mismatch is not None and res.spikes is not None:
+                for k, (mine, theirs) in enumerate(zip(res.spikes, recorded)):
+                    torch_spikes = theirs.cpu().numpy().swapaxes(0, 1).reshape(mine.shape) >= 0.5
+                    mismatch[k] += int((torch_spikes != mine).sum())
+                    compared += int(mine.size)
             for k, val in res.events.items():
                 events[k] = events.get(k, 0) + val
             for mine, theirs in zip(by_layer, res.layer_events):
@@ -537,12 +575,17 @@ def compare(model: Any, netfile: str | os.PathLike[str], loader: Any, max_sample
             seen += len(y)
     finally:
         model.train(was_training)
+        for h in hooks:
+            h.remove()
     if not labels:
         raise ExportError("compare: the loader gave no samples")
     lf, lq = np.concatenate(logits_f), np.concatenate(logits_q)
     pf, pq, yy = np.concatenate(preds_f), np.concatenate(preds_q), np.concatenate(labels)
     err = np.abs(lf - lq)
     spread = float(lf.std()) or 1.0
+    readout = by_layer[-1]
+    departures = sum(events.get(k, 0) for k in ("current_wrap", "conv_wrap", "int32_overflow", "spike_after_clip"))
+    departures += readout.get("voltage_clip", 0) + readout.get("readout_spikes", 0)
     return {
         "n": int(len(yy)),
         "agreement": float((pf == pq).mean()),
@@ -553,4 +596,7 @@ def compare(model: Any, netfile: str | os.PathLike[str], loader: Any, max_sample
         "logit_rel_error": float(err.mean() / spread),
         "events": events,
         "layer_events": [{k: v for k, v in ev.items() if v} for ev in by_layer],
+        "departures": int(departures),
+        "spike_mismatch": mismatch,
+        "spikes_compared": compared,
     }

@@ -305,8 +305,10 @@ def build_manifest(
     framing: dict[str, Any] | None,
     classes: list[str] | None,
     resources: dict[str, Any],
+    scales_from: str = "scale rule",
 ) -> dict[str, Any]:
-    """The manifest that travels with a ``.net`` file (JSON-ready dict)."""
+    """The manifest that travels with a ``.net`` file (JSON-ready dict). scales_from: where
+    the per-layer scales came from (``scale rule`` or ``fixed-point record``)."""
     return {
         "format": MANIFEST_FORMAT,
         "net": net_path.name,
@@ -330,6 +332,7 @@ def build_manifest(
             "scale": net.output_scale,
             "logits": "mean logits ≈ v / scale",
         },
+        "scales_from": scales_from,
         "layers": [layer_summary(layer) for layer in net.layers],
         "resources": resources,
         "warnings": net.warnings,

@@ -22,12 +22,18 @@ In integers the division by k² moves to the neuron: the integer kernel repeats 
 integer weights unchanged while the bias and the threshold are multiplied by k². The
 integer sums are then exactly k² times those of the unfolded layer, so the spikes match.
 
-Integer mapping of an IF neuron (θ, hard reset, fires when u ≥ θ) to netx CUBA: with scale
-s (integer units per float unit of the layer's input current), weights w = round(s·W) as
-even integers in [−256, 254] (8-bit mantissa), bias b = round(s·B), θ_int = round(s·θ),
-and vThMant = k²·θ_int − 1 because netx fires when v > vThMant·2⁶ (strictly), i.e. when
-the integer sum ≥ k²·θ_int. iDecay = 4096 makes the current u the input of this step only;
-vDecay = 0 keeps v (no leak), exactly like the IF neuron.
+Integer mapping of an IF neuron (θ, hard reset, fires when u ≥ θ) to netx CUBA follows the
+rules of :mod:`dvsguard.snn.fixed_point` (the trainer's fixed-point mode uses the same): with
+scale s (integer units per float unit of the layer's input current), weights w = round(s·W)
+as even integers in [−256, 254] (8-bit mantissa), bias b = round(s·B), and s chosen so that
+s·θ = θ_int + 1/(2k²) with vThMant = k²·θ_int. netx fires when v > vThMant·2⁶ (strictly),
+i.e. when the integer sum exceeds k²·θ_int, which is u ≥ θ for the integer sums, and no sum
+can land on the float threshold (tie-free). iDecay = 4096 makes the current u the input of
+this step only; vDecay = 0 keeps v (no leak), exactly like the IF neuron.
+
+The scale is chosen per layer by :func:`dvsguard.snn.fixed_point.choose_scale`, or taken
+from the checkpoint's fixed-point record (``scales``): a model fine-tuned in fixed point has
+its weights on that grid already, and the exporter reproduces exactly its integers.
 
 The first layer sees the frame counts c (graded events, 0…count_cap) instead of the
 model's c / count_cap, so its float weights are divided by count_cap first.
@@ -51,19 +57,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from dvsguard.errors import ExportError
+from dvsguard.errors import ConfigError, ExportError
+from dvsguard.snn.neuron import IFNeuron
+from dvsguard.snn.fixed_point import (
+    ACT_SHIFT,
+    BIAS_MAX,
+    BIAS_MIN,
+    VTH_MAX,
+    WEIGHT_MAX,
+    WEIGHT_MIN,
+    choose_scale,
+    fold_bn,
+    theta_int_of,
+    vth_mant,
+)
 
 log = logging.getLogger(__name__)
-
-# netx / Loihi 2 fixed-point limits (lava-nc 0.10 PyLifModelBitAcc, lava-dl 0.6 netx).
-WEIGHT_MIN, WEIGHT_MAX = -256, 254  # 8-bit signed mantissa × 2 (mixed sign mode drops the LSB)
-BIAS_MIN, BIAS_MAX = -(2**12), 2**12 - 1  # bias_mant: signed 13 bits
-VTH_MAX = 2**17 - 1  # vThMant: unsigned 17 bits
-STATE_BITS = 24  # u and v: signed 24 bits
-VOLTAGE_LIMIT = 2 ** (STATE_BITS - 1) - 1  # |v| is clipped here
-ACT_SHIFT = 6  # synaptic input, bias and threshold are shifted left by 6 bits
-INPUT_BITS_MAX = 24  # graded input payload
-
 
 @dataclass
 class FloatLayer:
@@ -183,22 +192,6 @@ class QuantizedNet:
 # --------------------------------------------------------------------------- float folding
 
 
-def fold_bn(weight: np.ndarray, bias: np.ndarray | None, bn: nn.Module) -> tuple[np.ndarray, np.ndarray]:
-    """Fold an eval-mode BatchNorm (running statistics) into the preceding conv/linear.
-
-    weight ``[out, ...]``, bias ``[out]`` or None → (weight', bias') with
-    weight' = weight·γ/√(σ²+ε) and bias' = (bias − μ)·γ/√(σ²+ε) + β, float64.
-    """
-    mean = bn.running_mean.detach().double().cpu().numpy()
-    var = bn.running_var.detach().double().cpu().numpy()
-    gamma = bn.weight.detach().double().cpu().numpy() if bn.weight is not None else np.ones_like(mean)
-    beta = bn.bias.detach().double().cpu().numpy() if bn.bias is not None else np.zeros_like(mean)
-    g = gamma / np.sqrt(var + float(bn.eps))
-    b = np.zeros_like(mean) if bias is None else np.asarray(bias, dtype=np.float64)
-    w = np.asarray(weight, dtype=np.float64) * g.reshape((-1,) + (1,) * (weight.ndim - 1))
-    return w, (b - mean) * g + beta
-
-
 def pool_conv_kernel(weight: np.ndarray, k: int, padding: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
     """avgpool(k) followed by conv(weight, stride 1, padding) as one conv.
 
@@ -227,17 +220,8 @@ def pool_dense_weight(weight: np.ndarray, k: int, pre_pool_shape: tuple[int, int
 # --------------------------------------------------------------------------- model walk
 
 
-def _if_neuron_class() -> type | None:
-    try:
-        from dvsguard.snn.neuron import IFNeuron
-    except ImportError:  # pragma: no cover - the snn stage ships with the package
-        return None
-    return IFNeuron
-
-
 def _is_if(m: nn.Module) -> bool:
-    cls = _if_neuron_class()
-    return (cls is not None and isinstance(m, cls)) or type(m).__name__ == "IFNeuron"
+    return isinstance(m, IFNeuron)
 
 
 def _walk(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -449,55 +433,50 @@ def _even_round(x: np.ndarray) -> np.ndarray:
     return 2 * np.round(x / 2.0)
 
 
-def _scale_limit_weights(weight: np.ndarray) -> float:
-    pos = float(weight.max(initial=0.0))
-    neg = float(-weight.min(initial=0.0))
-    limits = [WEIGHT_MAX / pos if pos > 0 else math.inf, -WEIGHT_MIN / neg if neg > 0 else math.inf]
-    return min(limits)
+GRID_TOLERANCE = 1e-3  # integer units: a recorded grid's weights may be off by float rounding only
 
 
-def quantize_layer(layer: FloatLayer, input_scale: float, time_steps: int, first: bool) -> tuple[QLayer, list[str]]:
+def _recorded_scale(layer: FloatLayer, scale: float, weight: np.ndarray, bias: np.ndarray) -> tuple[float, int | None]:
+    """Check a recorded scale against the layer: (s, θ_int); ExportError when the layer's
+    weights and biases are not on that grid (to float rounding) or θ is not tie-free."""
+    if not (math.isfinite(scale) and scale > 0):
+        raise ExportError(f"{layer.name}: recorded scale {scale!r} is not a positive number")
+    theta_int = None
+    if layer.theta is not None:
+        try:
+            theta_int = theta_int_of(layer.name, scale, layer.theta, layer.pool)
+        except ConfigError as e:
+            raise ExportError(str(e)) from None
+    for what, values, step in (("weights", scale * weight, 2.0), ("biases", scale * bias, 1.0)):
+        off = float(np.abs(values - step * np.round(values / step)).max(initial=0.0))
+        if off > GRID_TOLERANCE:
+            raise ExportError(
+                f"{layer.name}: {what} are not on the recorded fixed-point grid (off by up to {off:.3g} integer "
+                "units); was the checkpoint changed after fixed-point training?"
+            )
+    return scale, theta_int
+
+
+def quantize_layer(
+    layer: FloatLayer, input_scale: float, time_steps: int, first: bool, scale: float | None = None
+) -> tuple[QLayer, list[str]]:
     """Integer form of one float layer (see the module docstring for the maths).
 
     input_scale: counts per float input unit for the first layer (its weights are divided
-    by it). Returns the QLayer and warnings about clipped values.
+    by it). scale: a recorded s (from fixed-point training) instead of the scale rule.
+    Returns the QLayer and warnings about clipped values.
     """
-    notes: list[str] = []
     weight = layer.weight / input_scale if first else layer.weight
     bias = layer.bias
     p2 = layer.pool * layer.pool
-    s = _scale_limit_weights(weight)
-    if layer.theta is not None:
-        s = min(s, (VTH_MAX + 1) / (p2 * layer.theta))
-        max_b = float(np.abs(bias).max(initial=0.0))
-        if max_b > 0 and s * max_b * p2 > BIAS_MAX:
-            # give up at most 2 bits of weight resolution to keep the bias exact, then clip
-            s = max(BIAS_MAX / (max_b * p2), s / 4)
-        if not math.isfinite(s):
-            s = 1.0
-        theta_int = max(1, int(math.floor(s * layer.theta)))
-        s = theta_int / layer.theta
-        vth = p2 * theta_int - 1
+    if scale is None:
+        s, notes = choose_scale(layer.name, weight, bias, layer.theta, layer.pool, time_steps,
+                                input_max=input_scale if first else 1.0)
+        theta_int = None if layer.theta is None else theta_int_of(layer.name, s, layer.theta, layer.pool)
     else:
-        # read-out: Σ_t (W s_t + b) must stay below the threshold for any binary input
-        pos = np.clip(weight, 0, None).sum(axis=1) + np.clip(bias, 0, None)
-        neg = np.clip(-weight, 0, None).sum(axis=1) + np.clip(-bias, 0, None)
-        worst = float(max(pos.max(initial=0.0), neg.max(initial=0.0))) * p2 * time_steps
-        s_w = s
-        if worst > 0:
-            s = min(s, VTH_MAX / worst)
-        if s < s_w / 8:
-            notes.append(
-                f"{layer.name}: read-out scale limited to {s_w / 8:.3g} (5 weight bits); its voltage may clip "
-                "when many inputs are active at once"
-            )
-            s = s_w / 8
-        max_b = float(np.abs(bias).max(initial=0.0))
-        if max_b > 0:
-            s = min(s, max(BIAS_MAX / (max_b * p2), s / 4))
-        if not math.isfinite(s):
-            s = 1.0
-        vth = VTH_MAX
+        s, theta_int = _recorded_scale(layer, scale, weight, bias)
+        notes = []
+    vth = VTH_MAX if theta_int is None else vth_mant(theta_int, layer.pool)
     w_int = _even_round(s * weight)
     b_int = np.round(s * bias) * p2
     clipped = {
@@ -553,19 +532,30 @@ def quantize_layers(
     input_shape: tuple[int, int, int],
     input_scale: float,
     time_steps: int,
+    scales: dict[str, float] | None = None,
 ) -> QuantizedNet:
     """Scale every float layer to integers (see the module docstring).
 
-    input_scale: count_cap (frame counts per model-input unit); time_steps: T.
+    input_scale: count_cap (frame counts per model-input unit); time_steps: T; scales:
+    layer name → recorded s for every layer (a fixed-point fine-tuned model), or None for
+    the scale rule.
     """
     if not (input_scale >= 1 and float(input_scale).is_integer()):
         raise ExportError(f"input scale (count cap) must be a positive integer, got {input_scale}")
     if time_steps < 1:
         raise ExportError(f"time steps must be ≥ 1, got {time_steps}")
+    if scales is not None:
+        names = [layer.name for layer in layers]
+        missing = [n for n in names if n not in scales]
+        extra = sorted(set(scales) - set(names))
+        if missing or extra:
+            which = f"no scale for layer {missing[0]}" if missing else f"a scale for an unknown layer {extra[0]}"
+            raise ExportError(f"the fixed-point record holds {which} (another architecture?)")
     qlayers: list[QLayer] = []
     warnings: list[str] = []
     for i, layer in enumerate(layers):
-        q, notes = quantize_layer(layer, input_scale, time_steps, first=(i == 0))
+        q, notes = quantize_layer(layer, input_scale, time_steps, first=(i == 0),
+                                  scale=None if scales is None else float(scales[layer.name]))
         qlayers.append(q)
         warnings += notes
     for note in warnings:
@@ -585,9 +575,13 @@ def quantize_layers(
 
 
 def quantize_model(
-    model: nn.Module, input_shape: tuple[int, int, int], input_scale: float, time_steps: int
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    input_scale: float,
+    time_steps: int,
+    scales: dict[str, float] | None = None,
 ) -> QuantizedNet:
     """:func:`extract_layers` then :func:`quantize_layers`; the model is only read."""
     with torch.no_grad():
         layers = extract_layers(model, input_shape)
-    return quantize_layers(layers, input_shape, input_scale, time_steps)
+    return quantize_layers(layers, input_shape, input_scale, time_steps, scales)

@@ -12,6 +12,10 @@ end-of-epoch checkpoint. An epoch's batches, augmentation and PGD starts depend 
 weights as an uninterrupted one (on CPU, with the same number of processes, threads and
 DataLoader workers: the data stage draws augmentation per worker).
 
+With ``init`` a run starts from a trained checkpoint's weights; with ``fixed_point`` as well
+it fine-tunes that model in Loihi 2 fixed point (:mod:`dvsguard.train.finetune`), and its
+checkpoints hold on-grid weights plus the per-layer scales the exporter reuses.
+
 Frames are ``[T, B, 2, H, W]`` float in the cache's value range; ε in frame units.
 """
 
@@ -40,8 +44,9 @@ from dvsguard.errors import CheckpointError, ConfigError, TrainError
 from dvsguard.progress import track
 from dvsguard.snn.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from dvsguard.snn.vgg import SpikingVGG, VGGConfig
+from dvsguard.snn.fixed_point import FixedPointSpec
 from dvsguard.train import distributed as dist_utils
-from dvsguard.train import rng
+from dvsguard.train import finetune, rng
 from dvsguard.train.defenses import DEFAULT_BETA, DEFAULT_EPS, DEFAULT_H, DEFENSES, make_defense, unwrap
 from dvsguard.train.distributed import Context, EpochSampler
 from dvsguard.train.losses import SR_FORMS
@@ -88,6 +93,10 @@ class TrainConfig:
         limit_train, limit_test: use a fixed seeded subset of that many samples.
         robust_limit: test samples of the per-epoch FGSM check (0 disables it).
         amp: bf16 autocast for convolutions/linear layers (membrane state stays float32).
+        init: start from this trained checkpoint's weights (same preset and data) instead of
+            a random initialisation.
+        fixed_point: fine-tune ``init`` in Loihi 2 fixed point (:mod:`dvsguard.train.finetune`):
+            the model trained is the integer network the exporter writes.
     """
 
     cache: str
@@ -113,6 +122,8 @@ class TrainConfig:
     limit_test: int | None = None
     robust_limit: int = 256
     amp: bool = False
+    init: str | None = None
+    fixed_point: bool = False
 
     def __post_init__(self) -> None:
         if self.defense not in DEFENSES:
@@ -137,6 +148,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
         if self.robust_limit < 0:
             raise ConfigError(f"robust_limit must be >= 0, got {self.robust_limit}")
+        if self.fixed_point and not self.init:
+            raise ConfigError("fixed-point training fine-tunes a trained model: give its checkpoint as init (--init CKPT)")
+        if self.fixed_point and self.amp:
+            raise ConfigError("fixed-point training runs in float32: bf16 autocast (--amp) would blur its thresholds")
 
     @property
     def resolved_weight_decay(self) -> float:
@@ -279,7 +294,13 @@ class Trainer:
         if self.ctx.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
         rng.seed_everything(cfg.seed)  # the same model initialisation on every rank
-        self.model = _build_model(cfg, self.info).to(self.ctx.device)
+        self.model = _build_model(cfg, self.info)
+        self.fixed: FixedPointSpec | None = None
+        if cfg.init:
+            init_payload = finetune.load_init(self.model, cfg.init, self.info)
+            if cfg.fixed_point:
+                self.fixed = finetune.to_fixed_point(self.model, init_payload, self.info)
+        self.model.to(self.ctx.device)
         rng.seed_everything(_epoch_seed(cfg.seed, -1, 1 + self.ctx.rank))
         self.generators = {"attack": torch.Generator().manual_seed(_epoch_seed(cfg.seed, -1, 101 + self.ctx.rank))}
         self.defense = make_defense(
@@ -316,6 +337,8 @@ class Trainer:
             "epoch": epoch,
             "metrics": dict(metrics),
         }
+        if self.fixed is not None:
+            payload.update(finetune.checkpoint_entries(self.model, self.fixed))
         if rng_states is not None:
             payload["trainer"] = {
                 "format": TRAINER_FORMAT,
@@ -328,6 +351,8 @@ class Trainer:
                 "best_acc": self.best_acc,
                 "best_epoch": self.best_epoch,
             }
+            if self.fixed is not None:
+                payload["trainer"]["latent_state"] = finetune.latent_state(self.model)
         return payload
 
     def _gather_rng(self) -> list[dict[str, Any]]:
@@ -373,7 +398,7 @@ class Trainer:
         if self.cfg.augment and trainer.get("workers") != self.workers:
             log.warning("%s: the run used %s DataLoader worker(s), now %d: augmentation draws depend on it, so the "
                         "resumed run will not repeat an uninterrupted one exactly", path, trainer.get("workers"), self.workers)
-        self.model.load_state_dict(payload["model"]["state_dict"])
+        self.model.load_state_dict(trainer.get("latent_state", payload["model"]["state_dict"]))
         self.optimizer.load_state_dict(trainer["optimizer"])
         self.scheduler.load_state_dict(trainer["scheduler"])
         rng.restore(trainer["rng"][self.ctx.rank], self.generators)

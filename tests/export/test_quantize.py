@@ -95,14 +95,17 @@ def test_integer_layers_respect_the_hardware_limits(tiny: SpikingVGG) -> None:
         assert max(layer.weight.max(), -layer.weight.min()) >= 64
     conv2 = q.layers[1]  # the 2×2 pooling before it became a 6×6 stride-2 kernel
     assert conv2.weight.shape[2:] == (6, 6) and conv2.stride == (2, 2) and conv2.padding == (2, 2)
-    assert conv2.pool == 2 and (conv2.vth + 1) % 4 == 0 and np.all(conv2.bias % 4 == 0)
+    assert conv2.pool == 2 and conv2.vth % 4 == 0 and np.all(conv2.bias % 4 == 0)
+    # tie-free: s·θ sits half an integer unit of the folded sums (1/(2k²)) above θ_int = vth/k²
+    assert conv2.scale == conv2.vth / 4 + 1 / 8
     dense = q.layers[2]
     assert dense.weight.shape == (32, 16 * 8 * 8) and dense.flatten and dense.pool == 2
     assert q.lag == 4 and q.input_bits == 2 and q.output_scale > 0
 
 
-def test_threshold_maps_to_vthmant_minus_one() -> None:
-    """A lone IF layer: integer θ_int with weights scaled by the same factor; fires on ≥."""
+def test_threshold_is_tie_free() -> None:
+    """A lone IF layer: s·θ = θ_int + 1/2 and vThMant = θ_int, so netx's v > vThMant is the
+    float u ≥ θ on the integer sums, and no integer sum equals s·θ."""
     lin = nn.Linear(4, 3)
     with torch.no_grad():
         lin.weight.copy_(torch.tensor([[0.5, 0.25, -0.5, 1.0]] * 3))
@@ -110,9 +113,9 @@ def test_threshold_maps_to_vthmant_minus_one() -> None:
     model = nn.Sequential(nn.Flatten(), lin, IFNeuron(), nn.Linear(3, 2))
     q = quantize_model(model, (4, 1, 1), 1, 2)
     first = q.layers[0]
-    theta_int = first.vth + 1
-    assert first.scale == theta_int  # θ = 1
-    np.testing.assert_array_equal(first.weight[0], np.round(np.array([0.5, 0.25, -0.5, 1.0]) * theta_int / 2) * 2)
+    theta_int = first.vth
+    assert first.scale == theta_int + 0.5  # θ = 1
+    np.testing.assert_array_equal(first.weight[0], np.round(np.array([0.5, 0.25, -0.5, 1.0]) * first.scale / 2) * 2)
     assert first.weight.max() == 254
 
 

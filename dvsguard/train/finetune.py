@@ -1,0 +1,88 @@
+"""Starting a run from a trained checkpoint (``init``), and fixed-point fine-tuning.
+
+With ``fixed_point`` the trained model is put into the Loihi 2 fixed-point form of
+:mod:`dvsguard.snn.fixed_point` before the optimizer is built: BatchNorm folded into the
+conv weights and frozen, weights and folded biases fake-quantized onto each layer's integer
+grid (straight-through gradient), so that the model trained and evaluated is the integer
+network the exporter writes, up to float rounding that the tie-free thresholds absorb.
+Its checkpoints hold the on-grid tensors under the plain SpikingVGG names (they load with
+:func:`dvsguard.snn.checkpoint.load_model`) and the per-layer grids under ``"fixed_point"``;
+the latent float weights the optimizer moves travel in the trainer state for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from dvsguard.data.cache import CacheInfo
+from dvsguard.errors import CheckpointError, ConfigError
+from dvsguard.snn.checkpoint import check_state_dict, load_checkpoint, model_payload
+from dvsguard.snn.fixed_point import FixedPointSpec, attach, baked_state_dict
+from dvsguard.snn.vgg import SpikingVGG, VGGConfig
+
+log = logging.getLogger(__name__)
+
+
+def load_init(model: SpikingVGG, path: str | Path, info: CacheInfo) -> dict[str, Any]:
+    """Load the weights of a trained checkpoint into ``model`` (built for ``info``'s cache).
+
+    Returns the checkpoint's payload. ConfigError (one line naming the checkpoint) when it
+    holds another architecture than the run's preset on this cache, or was trained on
+    other classes or another framing.
+    """
+    payload = load_checkpoint(path)
+    entry = payload.get("model")
+    if not isinstance(entry, dict) or "config" not in entry or "state_dict" not in entry:
+        raise CheckpointError(f"{path}: no 'model' entry with 'config' and 'state_dict'")
+    try:
+        cfg = VGGConfig.from_dict(entry["config"])
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{path}: invalid model config: {e}") from e
+    if cfg != model.cfg:
+        diff = next(k for k in model.cfg.to_dict() if cfg.to_dict()[k] != model.cfg.to_dict()[k])
+        raise ConfigError(
+            f"{path}: init checkpoint holds another architecture ({diff} {cfg.to_dict()[diff]!r}, the run's "
+            f"preset on this cache gives {model.cfg.to_dict()[diff]!r}); pass the --preset it was trained with"
+        )
+    check_state_dict(model, entry["state_dict"], str(path))
+    data = payload.get("data") or {}
+    if data.get("classes") is not None and list(data["classes"]) != list(info.classes):
+        raise ConfigError(f"{path}: init checkpoint was trained on other classes than {info.path}")
+    framing = data.get("framing") or {}
+    for key in ("count_cap", "n_frames"):
+        if key in framing and framing[key] != info.framing.get(key):
+            raise ConfigError(
+                f"{path}: init checkpoint was trained with {key}={framing[key]}, {info.path} has {info.framing.get(key)}"
+            )
+    model.load_state_dict(entry["state_dict"])
+    log.info("starting from the weights of %s", path)
+    return payload
+
+
+def to_fixed_point(model: SpikingVGG, init_payload: dict[str, Any], info: CacheInfo) -> FixedPointSpec:
+    """Put ``model`` (holding the init checkpoint's weights) into fixed-point form.
+
+    Keeps the init checkpoint's grids when it was fixed-point trained already; otherwise
+    folds BatchNorm and chooses each layer's scale by the exporter's rule.
+    """
+    record = init_payload.get("fixed_point")
+    spec = None
+    if record is not None:
+        spec = FixedPointSpec.from_dict(record)
+    return attach(model, input_scale=float(info.count_cap), time_steps=int(info.n_frames), spec=spec)
+
+
+def checkpoint_entries(model: SpikingVGG, spec: FixedPointSpec) -> dict[str, Any]:
+    """The ``"model"`` (on-grid tensors, plain names) and ``"fixed_point"`` entries of a
+    fixed-point model's checkpoint."""
+    return {
+        "model": {"config": model.cfg.to_dict(), "state_dict": baked_state_dict(model)},
+        "fixed_point": spec.to_dict(),
+    }
+
+
+def latent_state(model: SpikingVGG) -> dict[str, Any]:
+    """The latent (off-grid) float tensors the optimizer moves, for exact resumption."""
+    return model_payload(model)["state_dict"]
