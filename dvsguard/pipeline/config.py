@@ -7,7 +7,9 @@ wherever an ε is asked for (ε in frame units, frames in [0, 1]).
 ```toml
 [pipeline]               # name, run_dir (relative to the file's folder's parent or absolute), seed
 [data]                   # source = "synth" | "cifar10dvs" | a folder; framing; cache_dir
-[[train]]                # one table per training run: name, defense, preset, epochs, ...
+[[train]]                # one table per training run: name, defense, preset, epochs, ...;
+                         # init = an earlier run's name to start from, fixed_point = true to
+                         # fine-tune it in Loihi 2 fixed point
 [attack]                 # attacks, eps, limit, black_box (every trained model attacks every other)
 [analyze]                # models (train names), split, limit
 [export]                 # model (a train name), verify (samples checked in Lava)
@@ -65,6 +67,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "seed": (int, None),
         "limit_train": (int, None),
         "workers": (int, None),
+        "init": (str, None),
+        "fixed_point": (bool, False),
     },
     "attack": {
         "attacks": (list, None),
@@ -194,6 +198,13 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
             t["eps"] = parse_eps(t["eps"], f"{file}: [train.{i}] key 'eps'")
         if t["epochs"] < 1 or t["batch"] < 1:
             raise ConfigError(f"{file}: [train.{i}] epochs and batch must be positive")
+        if t["init"] is not None and t["init"] not in names[:i]:
+            raise ConfigError(
+                f"{file}: [train.{i}] key 'init': no earlier [[train]] run named {t['init']!r} "
+                f"(have before it: {', '.join(names[:i]) or 'none'})"
+            )
+        if t["fixed_point"] and t["init"] is None:
+            raise ConfigError(f"{file}: [train.{i}] key 'fixed_point' fine-tunes a trained model: set 'init' to an earlier run")
 
     sections: dict[str, dict[str, Any] | None] = {}
     for section in ("attack", "analyze", "export", "report"):

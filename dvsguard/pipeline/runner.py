@@ -114,11 +114,16 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
                 args += _opt("--" + key.replace("_", "-"), t[key])
             if t["augment"] is False:
                 args.append("--no-augment")
+            if t["init"] is not None:
+                args += ["--init", ckpts[t["init"]](r)] + (["--fixed-point"] if t["fixed_point"] else [])
             args += ["--seed", str(t["seed"] if t["seed"] is not None else cfg.seed)]
             return args
 
+        def train_inputs(r: dict[str, dict[str, Any]], t: dict[str, Any] = t) -> list[str]:
+            return [cache(r)] + ([ckpts[t["init"]](r)] if t["init"] is not None else [])
+
         stage_name = f"train:{t['name']}"
-        stages.append(Stage(stage_name, "train", train_args, inputs=lambda r: [cache(r)], out_dir=out, resumable=True))
+        stages.append(Stage(stage_name, "train", train_args, inputs=train_inputs, out_dir=out, resumable=True))
         ckpts[t["name"]] = (
             lambda r, n=stage_name, out=out: _checkpoint(r[n], out) if n in r else f"<{n}.checkpoint>"
         )
