@@ -1,6 +1,16 @@
-"""Small models for the attack tests: a tiny conv net on ``[T, B, 2, H, W]`` frames."""
+"""Models and data for the attack tests.
+
+Fast (default suite): a tiny conv net on random ``[T, B, 2, H, W]`` frames, and a tiny SpikingVGG
+trained on hand-made event patterns. Slow: a small SpikingVGG trained by the project's trainer on
+the embedded digits (:func:`digits_snn`).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,8 +64,8 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def patterns(n: int, seed: int, frames: int = 4, size: int = 16, classes: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """Event-like frames ``[T, n, 2, size, size]`` in [0, 1]: class c is a dense patch in quadrant c
-    (polarity c % 2) over sparse background noise."""
+    """Hand-made event-like frames ``[T, n, 2, size, size]`` in [0, 1] (not simulated recordings):
+    class c is a dense patch in quadrant c (polarity c % 2) over sparse background noise."""
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, classes, (n,), generator=g)
     x = (torch.rand(frames, n, 2, size, size, generator=g) < 0.08).float() * 0.5
@@ -70,7 +80,10 @@ def patterns(n: int, seed: int, frames: int = 4, size: int = 16, classes: int = 
 
 @pytest.fixture(scope="session")
 def trained_snn():
-    """A tiny SpikingVGG trained for a few epochs on :func:`patterns` (clean test accuracy ≈ 1)."""
+    """A tiny SpikingVGG trained for a few epochs on :func:`patterns` (clean test accuracy ≈ 1).
+
+    A fast stand-in for a trained model; :func:`digits_snn` is the one trained on the embedded digits.
+    """
     from dvsguard.snn.vgg import SpikingVGG, VGGConfig
 
     torch.manual_seed(0)
@@ -114,3 +127,57 @@ def digits_cache(tmp_path_factory):
         model = SpikingVGG(VGGConfig.preset("tiny", num_classes=10))
         paths.append(save_checkpoint(root / name / "model.pt", {"model": model_payload(model)}))
     return result.train, paths[0], paths[1]
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """One intra-op torch thread (two thrash on a shared two-core machine); the setting is restored."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class DigitsModel:
+    """A trained model and the test split of its cache.
+
+    Attributes:
+        model: SpikingVGG in eval mode, input ``[T=5, B, 2, 16, 16]`` frames (count/15 in [0, 1]).
+        test_cache: the test-split HDF5 cache (240 samples, 24 per digit).
+        test_acc: clean test accuracy the trainer logged for the final epoch.
+    """
+
+    model: nn.Module
+    test_cache: Path
+    test_acc: float
+
+
+@pytest.fixture(scope="session")
+def digits_snn(tmp_path_factory) -> DigitsModel:
+    """The ``small`` SpikingVGG trained vanilla by the project's trainer on the embedded digits.
+
+    Data: 1200 simulated recordings (120 per digit, 32×32 sensor, background noise 0.5 events per
+    pixel per second), framed into 5 frames of 16×16, 20 % held out for testing. Training: 12 epochs
+    of SGD (lr 0.1, cosine), no augmentation, seed 0, one thread; the final (not the best) weights.
+    Clean test accuracy ≈ 0.65 (chance 0.1); about 25 s on an idle two-core machine.
+    """
+    from dvsguard.data.cache import split_path
+    from dvsguard.data.frames import FramingConfig
+    from dvsguard.data.preprocess import preprocess
+    from dvsguard.data.synth import SynthConfig, make_digits
+    from dvsguard.snn.checkpoint import load_model
+    from dvsguard.train.trainer import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("digits-snn")
+    with single_thread():
+        make_digits(root / "rec", SynthConfig(per_class=120, size=32, noise=0.5, seed=0), workers=1)
+        caches = preprocess(str(root / "rec"), root / "cache", FramingConfig(n_frames=5, height=16, width=16),
+                            workers=1, test_fraction=0.2, progress=False)
+        cfg = TrainConfig(cache=str(caches.train), defense="vanilla", preset="small", epochs=12, optimizer="sgd",
+                          lr=0.1, augment=False, robust_limit=0, seed=0)
+        result = train(cfg, root / "train", device="cpu", threads=1)
+    model, _ = load_model(result["last"])
+    return DigitsModel(model=model, test_cache=split_path(caches.train, "test"), test_acc=result["final"]["test_acc"])

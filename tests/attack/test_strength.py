@@ -1,5 +1,12 @@
-"""On a small trained SNN: attacks lower accuracy far below clean while random noise of the same ε
-barely does (Observation 1 of the paper); APGD is at least as strong as PGD with as many iterations."""
+"""Fast checks of attack strength on a tiny SpikingVGG trained on hand-made event patterns.
+
+The patterns (``conftest.patterns``: a dense patch per quadrant over sparse noise) are not simulated
+recordings; these tests only show, within a few seconds, that the attacks work on a trained spiking
+network: FGSM and PGD lower accuracy far below clean while random noise of the same ε barely does,
+and APGD-10 fools at least as many samples as PGD-10. The same claims on a model trained by the
+project's trainer on the embedded digits (Observation 1 of the paper) are the slow tests in
+``test_strength_digits.py``.
+"""
 
 from __future__ import annotations
 
