@@ -25,11 +25,13 @@ PAPER_CHANNELS: tuple[int | str, ...] = (64, "A", 128, 256, "A", 512, 512, 512, 
 _PRESETS: dict[str, dict[str, Any]] = {
     # The paper's VGG-11 for 48×48 DVS frames: 6×6×512 = 18432 features → 4096 → 4096 → classes.
     "vgg11": {"channels": PAPER_CHANNELS, "head": (4096, 4096)},
-    # Same features, a head small enough for one Loihi 2 chip. Loihi 2 has 128 neuro-cores
-    # with roughly 128k synaptic-memory words each (~16M dense 8-bit synapses per chip at
-    # best). The paper's head alone has 18432·4096 + 4096² ≈ 92M synapses (6 chips); a
-    # single 512-wide hidden layer needs 18432·512 ≈ 9.4M, which fits next to the conv
-    # layers' (shared, weight-replicated per core) kernels.
+    # Same features, a 512-wide head. Loihi 2 has 128 neuro-cores with 128 KB of synaptic
+    # memory each (~16M 8-bit weights per chip at best). The paper's head alone stores
+    # 18432·4096 + 4096² ≈ 92M weights (≥ 705 cores); this one 18432·512 ≈ 9.4M (72 cores).
+    # The whole network still does not fit one chip: the exporter's resource table (48×48)
+    # counts at least 280 cores (about 3 chips), 207 of them for the features, because each
+    # average pooling is folded into the next convolution as a 6×6 kernel with 4× the weights
+    # of its 3×3 one, and the 48×48 layers need 18 cores for their neurons alone.
     "vgg11-loihi": {"channels": PAPER_CHANNELS, "head": (512,)},
     # Quick-start model: a few epochs on 48×48 digits on two CPU cores.
     "small": {"channels": (16, "A", 32, 32, "A", 64, 64, "A"), "head": (128,)},
