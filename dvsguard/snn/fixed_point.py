@@ -174,8 +174,19 @@ class Grid:
 
     def __call__(self, t: Tensor) -> Tensor:
         """Nearest grid value in the forward pass; the identity gradient (straight through)."""
-        q = self.integers(t.detach()) / self.unit
-        return t + (q - t).detach()
+        return _StraightThrough.apply(t, self)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the grid value itself (exactly what the checkpoint stores); backward: identity."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, grid: Grid) -> Tensor:  # type: ignore[override]
+        return grid.integers(t) / grid.unit
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return grad, None
 
 
 class GridConv2d(nn.Conv2d):
@@ -390,6 +401,11 @@ def attach(model: nn.Module, input_scale: float, time_steps: int, spec: FixedPoi
     recorded = {layer.name: layer for layer in spec.layers} if spec is not None else None
     if recorded is not None and set(recorded) != {b.name for b in blocks}:
         raise ConfigError("the fixed-point record names other layers than the model has (another architecture?)")
+    if spec is not None and (spec.input_scale != input_scale or spec.time_steps != time_steps):
+        raise ConfigError(
+            f"the fixed-point record is for count cap {spec.input_scale:g} and T={spec.time_steps}, "
+            f"the data has {input_scale:g} and T={time_steps}"
+        )
     layers: list[LayerGrid] = []
     for i, block in enumerate(blocks):
         if isinstance(block.module, nn.Conv2d) and block.module.bias is not None and block.bn is None:
@@ -435,17 +451,3 @@ def baked_state_dict(model: nn.Module) -> dict[str, Tensor]:
                 t = getattr(m, pname).detach()
                 state[f"{path}.{pname}"] = (grid.integers(t) / grid.unit).cpu()
     return state
-
-
-def layer_integers(model: nn.Module, spec: FixedPointSpec) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Layer name → (integer weights w, integer biases b) of a fixed-point or baked model, as
-    the recorded grids give them (before the pooling fold: the exporter repeats w over k×k and
-    stores k²·b)."""
-    modules = dict(model.named_modules())
-    out = {}
-    for layer in spec.layers:
-        w = modules[layer.name].weight.detach().double()
-        b = modules[layer.bias].bias.detach().double()
-        wg, bg = layer.weight_grid(), layer.bias_grid()
-        out[layer.name] = (wg.integers(w).long().cpu().numpy(), bg.integers(b).long().cpu().numpy())
-    return out

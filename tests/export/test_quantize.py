@@ -199,3 +199,39 @@ def test_paper_head_does_not_fit_a_chip_and_is_reported() -> None:
     assert rows["classifier.1"]["fan_in"] == 8 * 16 * 16  # the pooling folded into the first Linear
     assert rows["features.0"]["synapses"] == 8 * 2 * (16 * 3 - 2) ** 2  # border taps excluded
     assert "does NOT fit one Loihi 2 chip" in format_resource_table(table)
+
+
+@pytest.mark.parametrize("pool", [1, 2])
+def test_float_model_on_the_grid_decides_spikes_like_the_integer_rule(pool: int) -> None:
+    """With s·θ = θ_int + 1/(2k²), float32 currents of on-grid weights summed over steps fire
+    (u ≥ 1) exactly when the integer sum exceeds vThMant, also for sums right at the threshold."""
+    from dvsguard.snn.fixed_point import choose_scale, theta_int_of, vth_mant
+
+    rng = np.random.default_rng(pool)
+    weight = rng.normal(0, 0.05, size=(16, 64))
+    s, notes = choose_scale("layer", weight, rng.normal(0, 0.1, size=16), 1.0, pool, 10)
+    assert not notes
+    vth = vth_mant(theta_int_of("layer", s, 1.0, pool), pool)
+    unit = torch.tensor(pool * pool * s, dtype=torch.float32)
+    for total in range(vth - 40, vth + 40):
+        for _ in range(5):  # the integer sum split into 10 steps of any sign
+            cuts = np.sort(rng.integers(-3 * vth, 3 * vth, size=9))
+            steps = np.diff(np.concatenate([[0], cuts, [total]]))
+            u = torch.zeros((), dtype=torch.float32)
+            for n in steps:
+                u = u + torch.tensor(float(n), dtype=torch.float32) / unit
+            assert bool(u >= 1.0) == (total > vth), (total, vth, float(u))
+
+
+def test_scale_rule_keeps_a_step_inside_24_bits_or_reports() -> None:
+    from dvsguard.snn.fixed_point import SUM_LIMIT, choose_scale, weight_scale_limit
+
+    rng = np.random.default_rng(0)
+    moderate = rng.normal(0, 0.05, size=(8, 2000))  # 2000 inputs: one step's worst case binds
+    s, notes = choose_scale("dense", moderate, np.zeros(8), 1.0, 2, 10)
+    worst = max(np.clip(moderate, 0, None).sum(1).max(), np.clip(-moderate, 0, None).sum(1).max()) * 4
+    assert s * worst < SUM_LIMIT and not notes
+    assert s < weight_scale_limit(moderate)
+    huge = rng.normal(0, 0.05, size=(8, 200_000))  # keeping it would cost more than 2 bits
+    s, notes = choose_scale("wide", huge, np.zeros(8), 1.0, 2, 10)
+    assert s >= weight_scale_limit(huge) / 4 - 1 and "wide: a step's synaptic input may exceed 24 bits" in notes[0]

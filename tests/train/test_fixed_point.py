@@ -14,8 +14,20 @@ from dvsguard.data.cache import open_cache
 from dvsguard.errors import ConfigError, ExportError
 from dvsguard.export.exporter import compare_export, export_checkpoint, resolve_test_split
 from dvsguard.snn.checkpoint import load_checkpoint, load_model, save_checkpoint
-from dvsguard.snn.fixed_point import WEIGHT_MAX, WEIGHT_MIN, FixedPointSpec, bias_range, layer_integers
+from dvsguard.snn.fixed_point import WEIGHT_MAX, WEIGHT_MIN, FixedPointSpec, bias_range
 from dvsguard.train.trainer import TrainConfig, train
+
+
+def layer_integers(model: torch.nn.Module, spec: FixedPointSpec) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Layer name → (integer weights, integer biases) of a baked model on its recorded grids
+    (before the pooling fold), computed in torch independently of the exporter."""
+    modules = dict(model.named_modules())
+    out = {}
+    for layer in spec.layers:
+        w = modules[layer.name].weight.detach().double()
+        b = modules[layer.bias].bias.detach().double()
+        out[layer.name] = (layer.weight_grid().integers(w).long().numpy(), layer.bias_grid().integers(b).long().numpy())
+    return out
 
 
 def _cfg(cache: Path, **kw) -> TrainConfig:
