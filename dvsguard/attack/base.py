@@ -54,6 +54,20 @@ def project(x_adv: Tensor, x: Tensor, eps: float, value_range: ValueRange) -> Te
     return x_adv.clamp(lo, hi)
 
 
+def forward(model: nn.Module, x: Tensor) -> Tensor:
+    """``model(x)`` (logits ``[B, K]``); a ValueError the model raises on its input becomes an AttackError.
+
+    The message names the model's class and the frames' shape and keeps the model's own reason
+    (a SpikingVGG states the shape it expects, e.g. ``[T, B, 2, 16, 16]``).
+    """
+    try:
+        return model(x)
+    except ValueError as e:
+        shape = str(tuple(x.shape))
+        cause = str(e) if shape in str(e) else f"{e} (frames {shape})"
+        raise AttackError(f"{type(model).__name__} rejected the attack's frames: {cause}") from e
+
+
 def input_gradient(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Gradient of the summed per-sample loss with respect to ``x``.
 
@@ -63,7 +77,7 @@ def input_gradient(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn | Non
     fn = loss_fn or cross_entropy
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        logits = model(x)
+        logits = forward(model, x)
         loss = fn(logits, y)
         if loss.dim() == 0:
             loss = loss.expand(y.shape[0])
@@ -75,8 +89,8 @@ def input_gradient(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn | Non
 
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor) -> Tensor:
-    """Predicted classes ``[B]`` of frames ``x`` ``[T, B, ...]``."""
-    return model(x).argmax(dim=1)
+    """Predicted classes ``[B]`` of frames ``x`` ``[T, B, ...]`` (AttackError if the model rejects them)."""
+    return forward(model, x).argmax(dim=1)
 
 
 @contextmanager

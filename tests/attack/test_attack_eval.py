@@ -95,6 +95,17 @@ def test_run_writes_json_markdown_and_plot(digits_cache, tmp_path) -> None:
     assert again["results"] == result["results"]
 
 
+def test_checkpoint_for_other_frames_is_an_attack_error(digits_cache, tmp_path) -> None:
+    from dvsguard.snn.checkpoint import model_payload, save_checkpoint
+    from dvsguard.snn.vgg import SpikingVGG, VGGConfig
+
+    train, _, _ = digits_cache  # 16×16 frames
+    model = SpikingVGG(VGGConfig.preset("tiny", num_classes=10, input_size=32))
+    wide = save_checkpoint(tmp_path / "wide.pt", {"model": model_payload(model)})
+    with pytest.raises(AttackError, match=r"SpikingVGG .*\[T, B, 2, 32, 32\]"):
+        run(wide, train, EvalConfig(attacks=("clean", "fgsm"), limit=2), out_dir=tmp_path)
+
+
 def test_cli_attack_json(digits_cache, tmp_path) -> None:
     train, target, source = digits_cache
     proc = run_cli("attack", str(target), "--cache", str(train), "--attacks", "clean,fgsm,pgd2,apgd2",

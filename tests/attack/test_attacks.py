@@ -7,6 +7,7 @@ import torch
 
 from dvsguard.attack import REGISTRY, fgsm, make_attack, pgd
 from dvsguard.attack.apgd import checkpoints
+from dvsguard.attack.ensemble import Ensemble
 from dvsguard.errors import AttackError
 
 EPS = 8 / 255
@@ -106,6 +107,19 @@ def test_bad_inputs_are_attack_errors(tiny, batch) -> None:
         make_attack("cw", EPS)
     assert make_attack("PGD7", EPS).steps == 7
     assert make_attack("apgd", EPS).steps == 100
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd2", "apgd2", "rfgsm"])
+def test_frames_the_model_rejects_are_attack_errors(name, batch) -> None:
+    from dvsguard.snn.vgg import SpikingVGG, VGGConfig
+
+    x, y = batch  # 8×8 frames; the tiny SpikingVGG takes 16×16
+    model = SpikingVGG(VGGConfig.preset("tiny", num_classes=4)).eval()
+    expected = r"SpikingVGG rejected .*\[T, B, 2, 16, 16\].*\(3, 6, 2, 8, 8\)"
+    with pytest.raises(AttackError, match=expected):
+        make_attack(name, EPS)(model, x, y)
+    with pytest.raises(AttackError, match=expected):
+        Ensemble(make_attack(name, EPS), modes=["triangle:1"]).run(model, x, y)
 
 
 def test_apgd_checkpoints_follow_the_schedule() -> None:
