@@ -237,7 +237,7 @@ def test_fine_tuned_digits_model_exports_with_full_agreement(digits_cache, tmp_p
     on the 200 test samples the integer network predicts what PyTorch predicts (≥ 99%), with
     no spike of any hidden layer different."""
     base = dict(cache=str(digits_cache), preset="small", batch=24, augment=False, robust_limit=0, optimizer="adam")
-    train(TrainConfig(defense="vanilla", epochs=3, lr=3e-3, **base), tmp_path / "vanilla", device="cpu")
+    train(TrainConfig(defense="vanilla", epochs=6, lr=3e-3, **base), tmp_path / "vanilla", device="cpu")
     train(TrainConfig(defense="vanilla", epochs=1, lr=1e-4, init=str(tmp_path / "vanilla" / "best.pt"), fixed_point=True,
                       **base), tmp_path / "fixed", device="cpu")
     result, model, payload = export_checkpoint(tmp_path / "fixed" / "last.pt", tmp_path / "out")
