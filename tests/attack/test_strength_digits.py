@@ -45,7 +45,7 @@ def accuracies(digits: DigitsModel, attacks: tuple[str, ...], eps: float) -> dic
     wrong prediction right); ``clean`` is no attack.
     """
     x, y, ids = whole_test_split(digits)
-    out = {}
+    out: dict[str, float] = {}
     with single_thread():
         for name in attacks:
             x_in = x if name == "clean" else make_attack(name, eps)(digits.model, x, y, ids)
