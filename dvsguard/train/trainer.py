@@ -43,8 +43,8 @@ from dvsguard.data.dataset import make_loader
 from dvsguard.errors import CheckpointError, ConfigError, TrainError
 from dvsguard.progress import track
 from dvsguard.snn.checkpoint import load_checkpoint, model_payload, save_checkpoint
-from dvsguard.snn.vgg import SpikingVGG, VGGConfig
 from dvsguard.snn.fixed_point import FixedPointSpec
+from dvsguard.snn.vgg import SpikingVGG, VGGConfig
 from dvsguard.train import distributed as dist_utils
 from dvsguard.train import finetune, rng
 from dvsguard.train.defenses import DEFAULT_BETA, DEFAULT_EPS, DEFAULT_H, DEFENSES, make_defense, unwrap
