@@ -41,11 +41,14 @@ import h5py
 import numpy as np
 
 from dvsguard.errors import ExportError
-from dvsguard.snn.fixed_point import ACT_SHIFT, STATE_BITS
 
 log = logging.getLogger(__name__)
 
-STATE_MAX = 2 ** (STATE_BITS - 1)  # Lava's max_uv_val for 24-bit u, v
+# Lava's own arithmetic, stated here independently of dvsguard.snn.fixed_point (the rules the
+# exporter and trainer follow), so that this simulator checks them instead of sharing them;
+# it also keeps this module free of torch.
+STATE_MAX = 2**23  # Lava's max_uv_val for 24-bit u, v
+ACT_SHIFT = 6
 EVENTS = ("current_wrap", "voltage_clip", "int32_overflow", "conv_wrap", "readout_spikes", "spike_after_clip")
 DECAY_SHIFT = 12
 DECAY_UNITY = 4096
