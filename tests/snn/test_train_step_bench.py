@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -24,3 +25,32 @@ def test_benchmark_tiny_runs() -> None:
         r = result["results"][name]
         assert r["step_s"] > 0 and r["cpu_s"] > 0 and r["peak_mb"] > 0
     assert result["ratios"]["dvsguard_throughput_vs_peer"] > 0
+
+
+def test_sr_phase_benchmark_times_the_sr_defense() -> None:
+    """benchmarks/sr_phases.py splits the sr step into phases; its loss and weight gradients are the defense's."""
+    import importlib.util
+
+    import torch
+
+    from dvsguard.snn.vgg import SpikingVGG, VGGConfig
+    from dvsguard.train.defenses import make_defense
+
+    spec = importlib.util.spec_from_file_location("sr_phases", ROOT / "benchmarks" / "sr_phases.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    torch.manual_seed(0)
+    model = SpikingVGG(VGGConfig.preset("tiny")).train()
+    x = (torch.rand(4, 3, 2, 16, 16) < 0.3).float() * 0.8
+    y = torch.tensor([0, 3, 7])
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    phases, loss = bench.sr_phases(model, x, y, time.process_time)
+    grads = [p.grad.clone() for p in model.parameters()]
+    assert set(phases) == {"F1", "Bx", "F2", "B12"} and all(v >= 0 for v in phases.values())
+    model.load_state_dict(state)  # BatchNorm running statistics as before the first call
+    model.zero_grad(set_to_none=True)
+    ref, _ = make_defense("sr").loss(model, x, y)
+    ref.backward()
+    assert torch.allclose(loss, ref.detach(), rtol=1e-6, atol=1e-7)
+    for g, p in zip(grads, model.parameters()):
+        assert torch.allclose(g, p.grad, rtol=1e-5, atol=1e-7)
