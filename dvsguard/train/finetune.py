@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from dvsguard.data.cache import CacheInfo
-from dvsguard.errors import CheckpointError, ConfigError
-from dvsguard.snn.checkpoint import check_state_dict, load_checkpoint, model_payload
+from dvsguard.errors import ConfigError
+from dvsguard.snn.checkpoint import load_model, model_payload
 from dvsguard.snn.fixed_point import FixedPointSpec, attach, baked_state_dict
-from dvsguard.snn.vgg import SpikingVGG, VGGConfig
+from dvsguard.snn.vgg import SpikingVGG
 
 log = logging.getLogger(__name__)
 
@@ -32,21 +32,14 @@ def load_init(model: SpikingVGG, path: str | Path, info: CacheInfo) -> dict[str,
     holds another architecture than the run's preset on this cache, or was trained on
     other classes or another framing.
     """
-    payload = load_checkpoint(path)
-    entry = payload.get("model")
-    if not isinstance(entry, dict) or "config" not in entry or "state_dict" not in entry:
-        raise CheckpointError(f"{path}: no 'model' entry with 'config' and 'state_dict'")
-    try:
-        cfg = VGGConfig.from_dict(entry["config"])
-    except (ConfigError, TypeError) as e:
-        raise CheckpointError(f"{path}: invalid model config: {e}") from e
-    if cfg != model.cfg:
-        diff = next(k for k in model.cfg.to_dict() if cfg.to_dict()[k] != model.cfg.to_dict()[k])
+    trained, payload = load_model(path)
+    if trained.cfg != model.cfg:
+        mine, theirs = model.cfg.to_dict(), trained.cfg.to_dict()
+        diff = next(k for k in mine if theirs[k] != mine[k])
         raise ConfigError(
-            f"{path}: init checkpoint holds another architecture ({diff} {cfg.to_dict()[diff]!r}, the run's "
-            f"preset on this cache gives {model.cfg.to_dict()[diff]!r}); pass the --preset it was trained with"
+            f"{path}: init checkpoint holds another architecture ({diff} {theirs[diff]!r}, the run's "
+            f"preset on this cache gives {mine[diff]!r}); pass the --preset it was trained with"
         )
-    check_state_dict(model, entry["state_dict"], str(path))
     data = payload.get("data") or {}
     if data.get("classes") is not None and list(data["classes"]) != list(info.classes):
         raise ConfigError(f"{path}: init checkpoint was trained on other classes than {info.path}")
@@ -56,7 +49,7 @@ def load_init(model: SpikingVGG, path: str | Path, info: CacheInfo) -> dict[str,
             raise ConfigError(
                 f"{path}: init checkpoint was trained with {key}={framing[key]}, {info.path} has {info.framing.get(key)}"
             )
-    model.load_state_dict(entry["state_dict"])
+    model.load_state_dict(trained.state_dict())
     log.info("starting from the weights of %s", path)
     return payload
 
