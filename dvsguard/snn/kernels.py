@@ -41,26 +41,21 @@ def _build() -> dict[str, object] | None:
 
     njit = numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")
 
-    @njit
-    def fwd(x, s, u, theta, one, zero, lo, hi):  # pragma: no cover - compiled
-        T = x.shape[0]
-        m = np.zeros(_BLOCK, np.float32)
-        f0 = np.float32(0.0)
-        for j0 in range(lo, hi, _BLOCK):
-            j1 = min(j0 + _BLOCK, hi)
-            n = j1 - j0
-            m[:] = f0
-            for t in range(T):
-                xr, ur, sr = x[t, j0:j1], u[t, j0:j1], s[t, j0:j1]
-                for k in range(n):
-                    v = m[k] + xr[k]
-                    ur[k] = v
-                    spike = v >= theta
-                    sr[k] = one if spike else zero
-                    m[k] = f0 if spike else v
+    @numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy", inline="always")
+    def surrogate(d, kind, g):  # pragma: no cover - compiled
+        """∂s/∂u at d = u − θ: triangle (kind 0), sigmoid (1) or arctan (2) of width g."""
+        f0, f1 = np.float32(0.0), np.float32(1.0)
+        if kind == 0:
+            return max(g - abs(d), f0) * (f1 / (g * g))
+        if kind == 1:
+            sig = f1 / (f1 + np.exp(-g * d))
+            return g * sig * (f1 - sig)
+        a = (np.float32(np.pi / 2) * g) * d
+        return (g / np.float32(2.0)) / (f1 + a * a)
 
     @njit
-    def fwd_no_u(x, s, theta, one, zero, lo, hi):  # pragma: no cover - compiled
+    def fwd(x, s, u, theta, one, zero, keep_u, lo, hi):  # pragma: no cover - compiled
+        """float32 in, spikes of s's dtype out (one/zero), float32 membrane u written if keep_u."""
         T = x.shape[0]
         m = np.zeros(_BLOCK, np.float32)
         f0 = np.float32(0.0)
@@ -70,6 +65,10 @@ def _build() -> dict[str, object] | None:
             m[:] = f0
             for t in range(T):
                 xr, sr = x[t, j0:j1], s[t, j0:j1]
+                if keep_u:
+                    ur = u[t, j0:j1]
+                    for k in range(n):
+                        ur[k] = m[k] + xr[k]
                 for k in range(n):
                     v = m[k] + xr[k]
                     spike = v >= theta
@@ -80,43 +79,20 @@ def _build() -> dict[str, object] | None:
     def bwd(u, gs, gx, theta, kind, gamma, lo, hi):  # pragma: no cover - compiled
         T = u.shape[0]
         gm = np.zeros(_BLOCK, np.float32)
-        f0, f1 = np.float32(0.0), np.float32(1.0)
+        f0 = np.float32(0.0)
         g = np.float32(gamma)
-        inv_g2 = f1 / (g * g)
-        half_pi_g = np.float32(np.pi / 2) * g
-        half_g = g / np.float32(2.0)
         for j0 in range(lo, hi, _BLOCK):
             j1 = min(j0 + _BLOCK, hi)
             n = j1 - j0
             gm[:] = f0
             for t in range(T - 1, -1, -1):
                 ur, gsr, gxr = u[t, j0:j1], gs[t, j0:j1], gx[t, j0:j1]
-                if kind == 0:
-                    for k in range(n):
-                        v = ur[k]
-                        m = gm[k]
-                        sg = max(g - abs(v - theta), f0) * inv_g2
-                        gv = (gsr[k] - m * v) * sg + (m if v < theta else f0)
-                        gxr[k] = gv
-                        gm[k] = gv
-                elif kind == 1:
-                    for k in range(n):
-                        v = ur[k]
-                        m = gm[k]
-                        sig = f1 / (f1 + np.exp(-g * (v - theta)))
-                        sg = g * sig * (f1 - sig)
-                        gv = (gsr[k] - m * v) * sg + (m if v < theta else f0)
-                        gxr[k] = gv
-                        gm[k] = gv
-                else:
-                    for k in range(n):
-                        v = ur[k]
-                        m = gm[k]
-                        a = half_pi_g * (v - theta)
-                        sg = half_g / (f1 + a * a)
-                        gv = (gsr[k] - m * v) * sg + (m if v < theta else f0)
-                        gxr[k] = gv
-                        gm[k] = gv
+                for k in range(n):
+                    v = ur[k]
+                    m = gm[k]
+                    gv = (gsr[k] - m * v) * surrogate(v - theta, kind, g) + (m if v < theta else f0)
+                    gxr[k] = gv
+                    gm[k] = gv
 
     @njit
     def fwd_bf16(x16, s16, u, theta, keep_u, lo, hi):  # pragma: no cover - compiled
@@ -152,11 +128,8 @@ def _build() -> dict[str, object] | None:
         gm = np.zeros(_BLOCK, np.float32)
         bits = np.zeros(_BLOCK, np.uint32)
         val = bits.view(np.float32)
-        f0, f1 = np.float32(0.0), np.float32(1.0)
+        f0 = np.float32(0.0)
         g = np.float32(gamma)
-        inv_g2 = f1 / (g * g)
-        half_pi_g = np.float32(np.pi / 2) * g
-        half_g = g / np.float32(2.0)
         for j0 in range(lo, hi, _BLOCK):
             j1 = min(j0 + _BLOCK, hi)
             n = j1 - j0
@@ -167,24 +140,15 @@ def _build() -> dict[str, object] | None:
                     bits[k] = (np.uint32(gsr[k]) & np.uint32(0xFFFF)) << np.uint32(16)
                 for k in range(n):
                     v = ur[k]
-                    d = v - theta
-                    if kind == 0:
-                        sg = max(g - abs(d), f0) * inv_g2
-                    elif kind == 1:
-                        sig = f1 / (f1 + np.exp(-g * d))
-                        sg = g * sig * (f1 - sig)
-                    else:
-                        a = half_pi_g * d
-                        sg = half_g / (f1 + a * a)
                     m = gm[k]
-                    gv = (val[k] - m * v) * sg + (m if v < theta else f0)
+                    gv = (val[k] - m * v) * surrogate(v - theta, kind, g) + (m if v < theta else f0)
                     gm[k] = gv
                     val[k] = gv
                 for k in range(n):
                     b = bits[k]
                     gxr[k] = np.int16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
 
-    return {"fwd": fwd, "fwd_no_u": fwd_no_u, "bwd": bwd, "fwd_bf16": fwd_bf16, "bwd_bf16": bwd_bf16}
+    return {"fwd": fwd, "bwd": bwd, "fwd_bf16": fwd_bf16, "bwd_bf16": bwd_bf16}
 
 
 def available() -> bool:
@@ -243,12 +207,10 @@ def forward(x: torch.Tensor, threshold: float, keep_u: bool, out_dtype: torch.dt
         s_np, one = spikes.reshape(T, n).numpy(), 1.0
     one_t, zero_t = s_np.dtype.type(one), s_np.dtype.type(0)
     theta = np.float32(threshold)
-    if not keep_u:
-        _run(kernels["fwd_no_u"], n, x2.numpy(), s_np, theta, one_t, zero_t)  # type: ignore[index]
-        return spikes, None
-    u = torch.empty(x.shape, dtype=torch.float32)
-    _run(kernels["fwd"], n, x2.numpy(), s_np, u.reshape(T, n).numpy(), theta, one_t, zero_t)  # type: ignore[index]
-    return spikes, u
+    u = torch.empty(x.shape, dtype=torch.float32) if keep_u else torch.empty(1, 1)
+    u_np = u.reshape(T, n).numpy() if keep_u else u.numpy()
+    _run(kernels["fwd"], n, x2.numpy(), s_np, u_np, theta, one_t, zero_t, keep_u)  # type: ignore[index]
+    return spikes, (u if keep_u else None)
 
 
 def backward(u: torch.Tensor, grad_s: torch.Tensor, threshold: float, kind: str, gamma: float) -> torch.Tensor:
