@@ -43,4 +43,12 @@ def test_quickstart_pipeline(tmp_path: Path) -> None:
     assert sr_star > vanilla
     report = run_dir / "report.html"
     assert report.is_file() and "<img" in report.read_text()
-    assert (run_dir / "export").is_dir()
+    # the fixed-point SR* model: the integer network predicts what PyTorch predicts on the test
+    # split, and Lava reproduces the integer network spike for spike
+    export = result["results"]["export"]
+    assert Path(export["net"]).is_file() and Path(export["manifest"]).is_file()
+    compare, verify = export["compare"], export["verify"]
+    print(f"export: integer network vs PyTorch agreement {compare['agreement']:.4f} on {compare['n']} samples; "
+          f"Lava identical on {verify['n']}: {verify['identical']}")
+    assert compare["n"] == 80 and compare["agreement"] >= 0.99, compare
+    assert verify["n"] == 1 and verify["identical"] and verify["v_out_mismatches"] == 0, verify
