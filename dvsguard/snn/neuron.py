@@ -78,11 +78,34 @@ def _forward_loop(x: torch.Tensor, threshold: float, keep_u: bool) -> tuple[torc
     return spikes, (u_all if keep_u else None)
 
 
+def _memory_order(x: torch.Tensor) -> list[int]:
+    """The dims of x from the largest stride to the smallest, time (dim 0) first.
+
+    ``x.permute(order)`` is contiguous when x is dense in some dim order with time outermost
+    (e.g. channels-last activations ``[T, B, C, H, W]`` give ``[0, 1, 3, 4, 2]``); otherwise
+    the plain order, for which ``contiguous()`` copies.
+    """
+    rest = sorted(range(1, x.dim()), key=lambda d: (-x.stride(d), d))
+    order = [0, *rest]
+    return order if x.permute(order).is_contiguous() else list(range(x.dim()))
+
+
+def _inverse(order: list[int]) -> list[int]:
+    inv = [0] * len(order)
+    for i, d in enumerate(order):
+        inv[d] = i
+    return inv
+
+
 def _forward(x: torch.Tensor, threshold: float, keep_u: bool, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
     """IF forward; spikes in ``out_dtype``, membrane u float32 (float64 for float64 x) or None.
-    x is bfloat16 only when the compiled loops take it directly."""
+    x is bfloat16 only when the compiled loops take it directly. The compiled loops keep x's
+    memory layout: spikes (and u) have x's strides, so channels-last activations stay so."""
     if _use_kernels(x):
-        return kernels.forward(x.contiguous(), threshold, keep_u, out_dtype)
+        order = _memory_order(x)
+        inv = _inverse(order)
+        spikes, u_all = kernels.forward(x.permute(order).contiguous(), threshold, keep_u, out_dtype)
+        return spikes.permute(inv), (u_all.permute(inv) if u_all is not None else None)
     spikes, u_all = _forward_loop(x, threshold, keep_u)
     return spikes.to(out_dtype), u_all
 
@@ -103,7 +126,9 @@ class _IFSurrogate(torch.autograd.Function):
         (u_all,) = ctx.saved_tensors
         mode, theta = ctx.mode, ctx.threshold
         if _use_kernels(u_all):
-            return kernels.backward(u_all, grad_s, theta, mode.kind, mode.gamma), None, None, None
+            order = _memory_order(u_all)  # u has the layout of the forward's input
+            grad_x = kernels.backward(u_all.permute(order), grad_s.permute(order).contiguous(), theta, mode.kind, mode.gamma)
+            return grad_x.permute(_inverse(order)), None, None, None
         grad_s = grad_s.to(u_all.dtype)
         grad_x = torch.empty_like(u_all)
         gm = None
@@ -129,13 +154,16 @@ class _IFRate(torch.autograd.Function):
         ctx.save_for_backward(x.mean(0, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32))
         ctx.threshold = threshold
         ctx.in_dtype = x.dtype
+        ctx.order = _memory_order(x)
         return spikes
 
     @staticmethod
     def backward(ctx, grad_s: torch.Tensor):  # type: ignore[override]
         (i_mean,) = ctx.saved_tensors
         g = rate_grad(i_mean, ctx.threshold) * grad_s.to(i_mean.dtype).mean(0)
-        return g.to(ctx.in_dtype).unsqueeze(0).expand(grad_s.shape).contiguous(), None, None
+        order = ctx.order  # the gradient in x's memory layout (e.g. channels-last)
+        grad_x = grad_s.new_empty([grad_s.shape[d] for d in order], dtype=ctx.in_dtype).permute(_inverse(order))
+        return grad_x.copy_(g.unsqueeze(0).expand_as(grad_x)), None, None
 
 
 def if_spikes(x: torch.Tensor, mode: GradientMode = TRIANGLE, threshold: float = THRESHOLD) -> torch.Tensor:

@@ -183,6 +183,30 @@ def test_compiled_loops_bf16_in_and_out(monkeypatch: pytest.MonkeyPatch, mode: G
     torch.testing.assert_close(results[0][1].float(), results[1][1].float(), rtol=1e-2, atol=1e-3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("mode", [TRIANGLE, RGA], ids=str)
+def test_channels_last_current_keeps_its_layout(dtype: torch.dtype, mode: GradientMode) -> None:
+    """Channels-last current ``[T, B, C, H, W]``: spikes come back in that layout (no copy into
+    the plain one) and equal, with their gradients, those of the same values stored plainly."""
+    g = torch.Generator().manual_seed(11)
+    T, B, C, H, W = 4, 3, 5, 6, 7
+    plain = (torch.randn(T, B, C, H, W, generator=g) * 0.9 + 0.5).to(dtype)
+    merged = plain.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+    cl = merged.view(T, B, C, H, W)
+    assert not cl.is_contiguous()
+    w = torch.randn(T, B, C, H, W, generator=g).to(dtype)
+    results = []
+    for x in (plain.clone(), cl.clone()):
+        x.requires_grad_(True)
+        s = if_spikes(x, mode)
+        (gx,) = torch.autograd.grad((s * w).float().sum(), x)
+        results.append((s, gx))
+    (s_plain, g_plain), (s_cl, g_cl) = results
+    assert s_cl.stride() == cl.stride() and g_cl.stride() == cl.stride()
+    assert torch.equal(s_plain, s_cl)
+    assert torch.equal(g_plain, g_cl)
+
+
 def test_compiled_loops_bf16_out() -> None:
     if not kernels.available():
         pytest.skip("numba kernels unavailable")
