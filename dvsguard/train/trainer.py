@@ -50,13 +50,13 @@ from dvsguard.train import finetune, rng
 from dvsguard.train.defenses import DEFAULT_BETA, DEFAULT_EPS, DEFAULT_H, DEFENSES, make_defense, unwrap
 from dvsguard.train.distributed import Context, EpochSampler
 from dvsguard.train.losses import SR_FORMS
+from dvsguard.train.optimizer import OPTIMIZERS, make_optimizer
 
 log = logging.getLogger(__name__)
 
 LAST, BEST, METRICS, CONFIG = "last.pt", "best.pt", "metrics.jsonl", "config.json"
 TRAINER_FORMAT = "dvsguard-trainer/1"
 DEFAULT_WEIGHT_DECAY = 5e-4
-OPTIMIZERS = ("sgd", "adam")
 
 # settings that may change between a run and its resumption: the cache may move (its key is checked)
 _RESUMABLE_CHANGES = ("cache",)
@@ -311,11 +311,7 @@ class Trainer:
         wd = cfg.resolved_weight_decay
         if wd and not self.defense.weight_decay_allowed:
             raise ConfigError(f"defense {cfg.defense!r} trains without weight decay; got weight_decay={wd}")
-        if cfg.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=wd)
-        else:
-            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                             weight_decay=wd)
+        self.optimizer = make_optimizer(self.model.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, wd)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
         self.history: list[dict[str, Any]] = []
         self.best_acc = -1.0
