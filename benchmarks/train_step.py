@@ -128,7 +128,17 @@ def _loop_vgg(cfg):
                 out.append(spike)
             return torch.stack(out)
 
-    model = SpikingVGG(cfg)
+    class LoopVGG(SpikingVGG):
+        """Activations in torch's default (contiguous) layout, as in the authors' code."""
+
+        def forward(self, x):
+            T, B = x.shape[:2]
+            h = x.flatten(0, 1)
+            for m in (*self.features, *self.classifier):
+                h = m(h.view(T, B, *h.shape[1:])).flatten(0, 1) if isinstance(m, LoopIF) else m(h)
+            return h.view(T, B, -1).mean(0)
+
+    model = LoopVGG(cfg)
 
     def swap(seq: nn.Sequential) -> None:
         for i, m in enumerate(seq):
@@ -165,7 +175,12 @@ def worker(args: argparse.Namespace) -> dict:
             defense = make_defense(defense_name)
     model.train()
     decay = 5e-4 if defense is None or defense.weight_decay_allowed else 0.0
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=decay)
+    if name in ("spikingjelly", "loop"):  # as their users run them
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=decay)
+    else:  # what `dvsguard train` uses
+        from dvsguard.train.optimizer import make_optimizer
+
+        opt = make_optimizer(model.parameters(), "sgd", lr=0.01, momentum=0.9, weight_decay=decay)
     x, y = _batch(args, cfg)
 
     def step() -> tuple[float, float]:
