@@ -90,7 +90,13 @@ def tiny() -> SpikingVGG:
 
 def test_forward_shape_and_logits_are_time_mean(tiny: SpikingVGG) -> None:
     x = torch.rand(5, 3, 2, 16, 16)
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(i[0].is_contiguous(memory_format=torch.channels_last)))
+             for m in tiny.features if isinstance(m, nn.Conv2d)]
     logits = tiny(x)
+    for h in hooks:
+        h.remove()
+    assert seen == [True, True], "convolutions should see channels-last activations"
     assert logits.shape == (3, 10) and logits.dtype == torch.float32
     # recompute by hand: classifier output per step, averaged over T
     outs = []
