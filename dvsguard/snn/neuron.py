@@ -117,6 +117,7 @@ class _IFSurrogate(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, mode: GradientMode, threshold: float, out_dtype: torch.dtype) -> torch.Tensor:  # type: ignore[override]
         spikes, u_all = _forward(x, threshold, True, out_dtype)
         ctx.save_for_backward(u_all)
+        ctx.order = _memory_order(x)  # u_all has x's layout
         ctx.mode = mode
         ctx.threshold = threshold
         return spikes
@@ -126,7 +127,7 @@ class _IFSurrogate(torch.autograd.Function):
         (u_all,) = ctx.saved_tensors
         mode, theta = ctx.mode, ctx.threshold
         if _use_kernels(u_all):
-            order = _memory_order(u_all)  # u has the layout of the forward's input
+            order = ctx.order
             grad_x = kernels.backward(u_all.permute(order), grad_s.permute(order).contiguous(), theta, mode.kind, mode.gamma)
             return grad_x.permute(_inverse(order)), None, None, None
         grad_s = grad_s.to(u_all.dtype)
