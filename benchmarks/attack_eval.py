@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 from dvsguard.attack import make_attack  # noqa: E402
 from dvsguard.attack.base import predict  # noqa: E402
 from dvsguard.attack.ensemble import Ensemble  # noqa: E402
-from dvsguard.attack.evaluate import parse_eps, select_indices  # noqa: E402
+from dvsguard.attack.evaluate import select_indices  # noqa: E402
+from dvsguard.units import parse_eps  # noqa: E402
 
 
 def build_vanilla(work: Path, per_class: int, size: int, frames: int, epochs: int, preset: str) -> tuple[Path, Path]:

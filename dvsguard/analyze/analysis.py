@@ -1,4 +1,4 @@
-"""The ``analyze`` stage: the paper's measurements on one or more checkpoints, as PNGs and one JSON.
+"""The paper's measurements on one or more checkpoints, as PNGs and one JSON.
 
 For each model, on the same deterministic subset of a cache split (frames ``[T, N, 2, H, W]``):
 
@@ -10,7 +10,8 @@ For each model, on the same deterministic subset of a cache split (frames ``[T, 
 4. the histogram of ``g_i / max|g|`` (Fig. 4); 5. |g| maps of a few samples (Fig. 5);
 6. clean and PGD accuracy and mean ‖g‖₁, ‖g‖₂ against the training λ when models differ in λ (Fig. 3).
 
-Every number behind a figure is in ``analysis.json``; :func:`analyze` returns a summary.
+Every number behind a figure is in ``analysis.json``; :func:`analyze_models` returns a summary
+(:mod:`dvsguard.stages.analyze` loads the checkpoints and the samples).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dvsguard.analyze import stats
 from dvsguard.analyze.gradients import DEFAULT_L0_TOL, gradient_norms, true_label_gradient, within_bounds
 from dvsguard.analyze.vulnerability import finite_difference, rho_adv, rho_rand
 from dvsguard.errors import CheckpointError, ConfigError
+from dvsguard.units import eps_label
 
 log = logging.getLogger(__name__)
 
@@ -103,23 +105,6 @@ class Samples:
 
 
 # ----------------------------------------------------------------------------- inputs
-
-
-def parse_eps_list(text: str, where: str = "--eps") -> tuple[float, ...]:
-    """``"0,2/255,0.03"`` → ``(0.0, 0.00784…, 0.03)`` (frame units); ConfigError on a bad entry."""
-    from fractions import Fraction
-
-    values = []
-    for part in text.split(","):
-        if not part.strip():
-            continue
-        try:
-            values.append(float(Fraction(part.strip())))
-        except (ValueError, ZeroDivisionError):
-            raise ConfigError(f"{where}: expected numbers or fractions like 8/255 separated by commas, got {part.strip()!r}") from None
-    if not values:
-        raise ConfigError(f"{where}: no value given")
-    return tuple(values)
 
 
 def load_samples(cache: str | os.PathLike[str], split: str, limit: int | None, seed: int) -> Samples:
@@ -490,9 +475,7 @@ def analyze_models(
         },
         "models": per_model,
     }
-    k = settings.pgd_eps * 255
-    eps_label = f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{settings.pgd_eps:.4g}"
-    sweep = lambda_sweep(per_model, f"PGD{settings.pgd_steps} ε={eps_label}")
+    sweep = lambda_sweep(per_model, f"PGD{settings.pgd_steps} ε={eps_label(settings.pgd_eps)}")
     doc["lambda_sweep"] = sweep
     doc = stats.jsonable(doc)
     json_path = out / "analysis.json"
@@ -512,35 +495,3 @@ def analyze_models(
                    for k, v in doc["models"].items()},
         "lambda_sweep": sweep is not None,
     }
-
-
-def analyze(
-    checkpoints: Sequence[str | os.PathLike[str]],
-    cache: str | os.PathLike[str],
-    split: str = "test",
-    out_dir: str | os.PathLike[str] | None = None,
-    settings: AnalysisSettings = AnalysisSettings(),
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Load the checkpoints and the split's samples, then :func:`analyze_models`.
-
-    ``out_dir`` defaults to ``analysis/`` beside the first checkpoint.
-    """
-    from dvsguard.snn.checkpoint import load_model
-
-    if not checkpoints:
-        raise ConfigError("analyze needs at least one checkpoint")
-    torch.manual_seed(seed)
-    paths = [Path(c) for c in checkpoints]
-    samples = load_samples(cache, split, settings.limit, seed)
-    taken: set[str] = set()
-    models: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
-    sources: dict[str, str] = {}
-    for p in paths:
-        model, payload = load_model(p)
-        check_compatible(p, model, payload, samples)
-        name = model_name(p, taken)
-        models[name] = (model, payload)
-        sources[name] = str(p)
-    out = Path(out_dir) if out_dir is not None else paths[0].parent / "analysis"
-    return analyze_models(models, samples, out, settings, seed, sources)

@@ -293,6 +293,32 @@ def training_curves_figure(rows: Sequence[Mapping[str, Any]], title: str, x_key:
     return fig
 
 
+def robust_vs_eps_figure(records: Sequence[Mapping[str, Any]], eps_list: Sequence[float]) -> Figure:
+    """Robust accuracy (%) against ε (×1/255 of the frame range) per attack: white box solid, black box dashed.
+
+    ``records`` are the attack stage's result rows (``attack``, ``eps``, ``setting``, ``accuracy`` in [0, 1]).
+    """
+    fig = _figure(6, 4)
+    ax = fig.add_subplot()
+    xs = [e * 255 for e in eps_list]
+    clean = next((r["accuracy"] for r in records if r["attack"] == "clean"), None)
+    if clean is not None:
+        ax.axhline(100 * clean, color="grey", linestyle=":", label="clean")
+    attacks = [a for a in dict.fromkeys(r["attack"] for r in records) if a != "clean"]
+    for i, name in enumerate(attacks):
+        for setting, style in (("white", "-"), ("black", "--")):
+            ys = [r["accuracy"] * 100 for e in eps_list for r in records
+                  if r["attack"] == name and r["setting"] == setting and r["eps"] == e]
+            if len(ys) == len(xs):
+                ax.plot(xs, ys, style, marker="o", color=f"C{i}", label=f"{name.upper()} ({setting} box)")
+    ax.set_xlabel("ε (×1/255 of the frame range)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
 def axis_labels(fig: Figure) -> list[tuple[str, str]]:
     """``(xlabel, ylabel)`` of every axes of ``fig`` (for checks)."""
     return [(ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes]

@@ -1,34 +1,28 @@
-"""Robust accuracy of a checkpoint on a cache split, white box and black box, as a table.
+"""Robust accuracy of a model on batches of samples, white box and black box, as a table.
 
 Robust accuracy = share of samples the target classifies correctly on the clean input and that
 no attack (no ensemble member) makes it misclassify. White box crafts on the target, black box on a
 source model and judges on the target. Batches carry the samples' global indices, so results do not
 depend on the batch size or on how ``torchrun`` splits the samples across ranks (counts are summed
-with ``all_reduce`` and rank 0 writes the files).
+with ``all_reduce``). :mod:`dvsguard.stages.attack` runs it on a checkpoint and a cache.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from dvsguard.atomic import atomic_open, write_text
 from dvsguard.attack import make_attack
 from dvsguard.attack.base import ValueRange, eval_mode, parse_mode, predict
 from dvsguard.attack.ensemble import Ensemble, gamma_grid, has_spiking_neurons, paper_modes
 from dvsguard.errors import AttackError
+from dvsguard.units import eps_label
 
-log = logging.getLogger(__name__)
 
 DEFAULT_ATTACKS: tuple[str, ...] = ("clean", "fgsm", "pgd10", "pgd30", "pgd50", "apgd10")
 DEFAULT_EPS: tuple[float, ...] = (8 / 255,)
@@ -120,35 +114,6 @@ class Tally:
 
     def add(self, key: Key, n: int) -> None:
         self.correct[key] = self.correct.get(key, 0) + int(n)
-
-
-def parse_eps(text: str | float) -> float:
-    """``"8/255"``, ``"0.031"`` or a number → float ε (frame units)."""
-    if isinstance(text, (int, float)):
-        return float(text)
-    try:
-        value = float(Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError):
-        raise AttackError(f"eps {text!r} is not a number or a fraction such as 8/255") from None
-    if not value > 0:
-        raise AttackError(f"eps must be > 0, got {text!r}")
-    return value
-
-
-def parse_eps_list(text: str) -> tuple[float, ...]:
-    """``"8/255,4/255"`` → (0.0314, 0.0157)."""
-    parts = [p for p in text.split(",") if p.strip()]
-    if not parts:
-        raise AttackError("eps list is empty")
-    return tuple(parse_eps(p) for p in parts)
-
-
-def eps_label(eps: float) -> str:
-    """``8/255`` when ε is a whole number of 255ths, else ``0.031``."""
-    k = eps * 255
-    if eps > 0 and abs(k - round(k)) < 1e-6:
-        return f"{int(round(k))}/255"
-    return f"{eps:.4g}"
 
 
 def attack_batch(
@@ -277,145 +242,3 @@ def markdown_table(records: Sequence[dict[str, Any]], eps_list: Sequence[float])
             cells.append("—" if value is None else f"{100 * value:.2f}")
         lines.append("| " + " | ".join([name.upper() if name != "clean" else "Clean"] + cells) + " |")
     return "\n".join(lines)
-
-
-def plot_robust_vs_eps(records: Sequence[dict[str, Any]], eps_list: Sequence[float], path: Path) -> Path:
-    """Robust accuracy (%) against ε per attack (white solid, black dashed) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    xs = [e * 255 for e in eps_list]
-    clean = next((r["accuracy"] for r in records if r["attack"] == "clean"), None)
-    if clean is not None:
-        ax.axhline(100 * clean, color="grey", linestyle=":", label="clean")
-    attacks = [a for a in dict.fromkeys(r["attack"] for r in records) if a != "clean"]
-    for i, name in enumerate(attacks):
-        for setting, style in ((WHITE, "-"), (BLACK, "--")):
-            ys = [r["accuracy"] * 100 for e in eps_list for r in records
-                  if r["attack"] == name and r["setting"] == setting and r["eps"] == e]
-            if len(ys) == len(xs):
-                ax.plot(xs, ys, style, marker="o", color=f"C{i}", label=f"{name.upper()} ({setting} box)")
-    ax.set_xlabel("ε (×1/255 of the frame range)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=120)
-    plt.close(fig)
-    return path
-
-
-def _join_group() -> tuple[int, int, bool]:
-    """(rank, world, joined here): join the gloo group when ``torchrun`` set WORLD_SIZE > 1."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
-        return rank, world, True
-    return rank, world, False
-
-
-def run(
-    checkpoint: str | os.PathLike[str],
-    cache: str | os.PathLike[str],
-    cfg: EvalConfig,
-    *,
-    split: str = "test",
-    source: str | os.PathLike[str] | None = None,
-    out_dir: str | os.PathLike[str] | None = None,
-) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` on the ``split`` sibling of ``cache``; write attack.json/.md (and the PNG).
-
-    Returns the JSON record (on every rank; only rank 0 writes files). Under ``torchrun`` each rank
-    takes every ``world``-th sample and the counts are summed.
-    """
-    from dvsguard.data.cache import open_cache, split_path
-    from dvsguard.progress import make_progress
-    from dvsguard.snn.checkpoint import load_model
-
-    t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    checkpoint = Path(checkpoint)
-    target, _ = load_model(checkpoint)
-    source_model = load_model(source)[0] if source is not None else None
-    test_path = Path(split_path(cache, split))
-    info = open_cache(test_path)
-    n_classes = target.cfg.num_classes
-    if len(info.classes) != n_classes:
-        raise AttackError(f"{checkpoint}: model has {n_classes} classes but {test_path} has {len(info.classes)}")
-    if source_model is not None and source_model.cfg.num_classes != n_classes:
-        raise AttackError(f"{source}: source model has {source_model.cfg.num_classes} classes, target {n_classes}")
-    value_range = (float(info.value_range[0]), float(info.value_range[1]))
-
-    rank, world, joined = _join_group()
-    try:
-        indices = select_indices(info.n_samples, cfg.limit, cfg.seed, rank, world)
-        keys = result_keys(cfg, source_model is not None)
-        n_batches = -(-len(indices) // cfg.batch_size)
-        per_batch = sum(1 if a == "clean" else len(cfg.eps) * (2 if source_model is not None else 1) for a in cfg.attacks)
-        with make_progress() as progress:
-            task = progress.add_task(f"attacks (rank {rank})" if world > 1 else "attacks", total=n_batches * per_batch)
-            tally = evaluate(
-                target,
-                cache_batches(test_path, indices, cfg.batch_size),
-                cfg,
-                value_range,
-                source_model,
-                on_job=lambda: progress.advance(task),
-            )
-        tally = gather(tally, keys)
-    finally:
-        if joined:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-    records = rows(tally, keys)
-    members = [str(m) for m in (cfg.modes if cfg.modes is not None else paper_modes())] if cfg.ensemble else []
-    if cfg.ensemble and not has_spiking_neurons(target):
-        members = []
-    out = Path(out_dir) if out_dir is not None else checkpoint.parent
-    table = markdown_table(records, cfg.eps)
-    result: dict[str, Any] = {
-        "checkpoint": str(checkpoint),
-        "source": str(source) if source is not None else None,
-        "cache": str(test_path),
-        "split": split,
-        "n_samples": tally.total,
-        "seed": cfg.seed,
-        "ensemble": cfg.ensemble,
-        "members": members,
-        "attacks": list(cfg.attacks),
-        "eps": list(cfg.eps),
-        "value_range": list(value_range),
-        "pgd_alpha": cfg.pgd_alpha if cfg.pgd_alpha is not None else "2.5*eps/steps",
-        "world_size": world,
-        "results": records,
-        "clean_accuracy": next((r["accuracy"] for r in records if r["attack"] == "clean"), None),
-        "seconds": round(time.perf_counter() - t0, 3),
-        "table": table,
-        "paths": {},
-    }
-    if rank == 0:
-        paths = {"json": out / "attack.json", "md": out / "attack.md"}
-        if len(cfg.eps) > 1:
-            paths["png"] = plot_robust_vs_eps(records, cfg.eps, out / "robust_vs_eps.png")
-        result["paths"] = {k: str(v) for k, v in paths.items()}
-        header = (
-            f"# Robust accuracy (%) of {checkpoint.name}\n\n"
-            f"{tally.total} samples of {test_path.name}; ε = {', '.join(eps_label(e) for e in cfg.eps)}; "
-            f"{'ensemble over ' + ', '.join(members) if members else 'no ensemble'}"
-            f"{'; black box source ' + Path(source).name if source is not None else ''}; seed {cfg.seed}.\n\n"
-        )
-        write_text(paths["md"], header + table + "\n")
-        write_text(paths["json"], json.dumps(result, indent=2, default=str) + "\n")
-    result["rank"] = rank
-    log.info("attack evaluation of %d samples took %.1f s", tally.total, result["seconds"])
-    return result

@@ -163,7 +163,7 @@ def resolve_test_split(payload: dict[str, Any], data: str | os.PathLike[str] | N
         return info.path if info.split == "test" else split_path(info, "test")
     cache = (payload.get("data") or {}).get("cache")
     if not cache:
-        raise ExportError("the checkpoint records no frame cache; pass --data PATH of the test split")
+        raise ExportError("the checkpoint records no frame cache; pass --cache PATH (a frame cache of the dataset)")
     return split_path(cache, "test")
 
 

@@ -1,120 +1,74 @@
-"""Pipeline files: schema, validation and the resolved configuration.
+"""Pipeline files: sections, validation and the resolved configuration.
 
-A pipeline file is TOML with the sections below; every key is checked before anything runs, and
-an error names the file, the key and what was expected. Fractions such as ``"8/255"`` are accepted
-wherever an ε is asked for (ε in frame units, frames in [0, 1]).
+A pipeline file is TOML. Every option of a stage's ``Config`` (:mod:`dvsguard.stages`) is a key
+of that stage's section, with the same name, type and default — except the inputs and output
+folders the runner wires from earlier stages (``wired`` options). A few keys belong to the
+pipeline itself (below). Every key is checked before anything runs, and an error names the
+file, the key and what was expected; ε may be a number or a fraction such as ``"8/255"``
+(frame units, frames in [0, 1]).
 
 ```toml
-[pipeline]               # name, run_dir (relative to the file's folder's parent or absolute), seed
-[data]                   # source = "synth" | "cifar10dvs" | a folder; framing; cache_dir
-[[train]]                # one table per training run: name, defense, preset, epochs, ...;
-                         # init = an earlier run's name to start from, fixed_point = true to
-                         # fine-tune it in Loihi 2 fixed point
-[attack]                 # attacks, eps, limit, black_box (every trained model attacks every other)
-[analyze]                # models (train names), split, limit
-[export]                 # model (a train name), verify (samples checked in Lava)
+[pipeline]               # name, run_dir (relative to the file's folder's parent, or absolute), seed
+[data]                   # source = "synth" | "cifar10dvs" | a folder; the options of synth and preprocess
+[[train]]                # name; init = an earlier run's name to start from; the options of train
+[attack]                 # models (train names), black_box (each model is the next one's source); attack's options
+[analyze]                # models (train names); analyze's options
+[export]                 # model (a train name); export's options
 [report]                 # enabled
 ```
+A stage's ``seed`` defaults to the pipeline's ``seed``.
 """
 
 from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+from dvsguard import stages
 from dvsguard.errors import ConfigError
+from dvsguard.stages.base import Option, coerce, fields
 
-# key -> (type(s), default). A default of REQUIRED marks a mandatory key.
 REQUIRED = object()
-Number = (int, float)
 
-SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
-    "pipeline": {
-        "name": (str, REQUIRED),
-        "run_dir": (str, None),
-        "seed": (int, 0),
-    },
-    "data": {
-        "source": (str, REQUIRED),
-        "per_class": (int, None),
-        "noise": (Number, None),
-        "root": (str, None),
-        "download": (bool, False),
-        "frames": (int, 10),
-        "mode": (str, "events"),
-        "size": (int, 48),
-        "count_cap": (int, None),
-        "cache_dir": (str, "data_cache"),
-        "workers": (int, 2),
-    },
-    "train": {
-        "name": (str, REQUIRED),
-        "defense": (str, REQUIRED),
-        "preset": (str, "small"),
-        "epochs": (int, 200),
-        "batch": (int, 24),
-        "lr": (Number, None),
-        "optimizer": (str, None),
-        "augment": (bool, None),
-        "lam": (Number, None),
-        "sr_form": (str, None),
-        "eps": ((str, int, float), None),
-        "attack": (str, None),
-        "pgd_steps": (int, None),
-        "seed": (int, None),
-        "limit_train": (int, None),
-        "workers": (int, None),
-        "init": (str, None),
-        "fixed_point": (bool, False),
-    },
-    "attack": {
-        "attacks": (list, None),
-        "eps": (list, None),
-        "limit": (int, None),
-        "batch": (int, None),
-        "ensemble": (bool, None),
-        "black_box": (bool, True),
-        "models": (list, None),
-    },
-    "analyze": {
-        "models": (list, None),
-        "split": (str, "test"),
-        "limit": (int, None),
-        "eps": (list, None),
-    },
-    "export": {
-        "model": (str, REQUIRED),
-        "verify": (int, 0),
-        "compare": (bool, True),
-        "name": (str, None),
-    },
-    "report": {
-        "enabled": (bool, True),
-    },
+OWN_KEYS: dict[str, dict[str, tuple[type, Any]]] = {
+    "pipeline": {"name": (str, REQUIRED), "run_dir": (str, None), "seed": (int, 0)},
+    "data": {"source": (str, REQUIRED)},
+    "train": {"name": (str, REQUIRED), "init": (str, None)},
+    "attack": {"models": (list, None), "black_box": (bool, True)},
+    "analyze": {"models": (list, None)},
+    "export": {"model": (str, REQUIRED)},
+    "report": {"enabled": (bool, True)},
 }
+"""Keys of the pipeline itself: (type, default); a default of REQUIRED marks a mandatory key."""
 
-STAGE_SECTIONS = ("data", "train", "attack", "analyze", "export", "report")
-DATA_MODES = ("events", "time")
+SECTION_STAGES: dict[str, tuple[str, ...]] = {
+    "pipeline": (), "data": ("synth", "preprocess"), "train": ("train",), "attack": ("attack",),
+    "analyze": ("analyze",), "export": ("export",), "report": (),
+}
+"""The stages whose options a section sets."""
+
+PATH_KEYS = ("cache_dir", "root", "labels")
+"""[data] keys that are paths relative to the pipeline's base folder."""
 
 
-def parse_eps(value: str | int | float, where: str) -> float:
-    """An ε given as a number or a fraction string (``"8/255"``) → float in frame units."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}: expected a number or a fraction like '8/255', got a boolean")
-    if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        return float(Fraction(value.strip()))
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"{where}: expected a number or a fraction like '8/255', got {value!r}") from None
+def stage_keys(section: str) -> dict[str, list[tuple[ModuleType, Option, Any]]]:
+    """Pipeline key → the (stage module, option, type) it sets, for every non-wired option of the section's stages."""
+    keys: dict[str, list[tuple[ModuleType, Option, Any]]] = {}
+    for name in SECTION_STAGES[section]:
+        module = stages.STAGES[name]
+        for f, opt, tp in fields(module.Config):
+            if not opt.wired and f.name not in OWN_KEYS[section]:
+                keys.setdefault(f.name, []).append((module, opt, tp))
+    return keys
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """A validated pipeline file: ``sections`` holds each section with defaults filled in."""
+    """A validated pipeline file: each section holds its own keys (defaults filled in) and the stage
+    options it sets (coerced to the option's type; options not given are left to the ``Config`` default)."""
 
     path: Path
     name: str
@@ -132,36 +86,56 @@ class PipelineConfig:
         return [t["name"] for t in self.train]
 
 
-def _type_name(expected: Any) -> str:
-    kinds = expected if isinstance(expected, tuple) else (expected,)
-    names = {int: "integer", float: "number", str: "string", bool: "boolean", list: "list"}
-    return " or ".join(sorted({names.get(k, k.__name__) for k in kinds}))
+def _own_value(file: Path, where: str, key: str, value: Any, expected: type) -> Any:
+    names = {int: "an integer", str: "a string", bool: "a boolean", list: "a list"}
+    if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+        raise ConfigError(f"{file}: [{where}] key '{key}': expected {names[expected]}, got {type(value).__name__} {value!r}")
+    return value
 
 
-def _check_table(file: Path, section: str, table: Any, schema: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
+def check_section(file: Path, section: str, where: str, table: Any) -> dict[str, Any]:
+    """Validate one section's table: own keys (defaults filled in) and stage options (coerced)."""
     if not isinstance(table, dict):
-        raise ConfigError(f"{file}: [{section}] must be a table, got {type(table).__name__}")
-    unknown = sorted(set(table) - set(schema))
+        raise ConfigError(f"{file}: [{where}] must be a table, got {type(table).__name__}")
+    own = OWN_KEYS[section]
+    options = stage_keys(section)
+    unknown = sorted(set(table) - set(own) - set(options))
     if unknown:
-        raise ConfigError(
-            f"{file}: [{section}] unknown key '{unknown[0]}' (expected one of: {', '.join(sorted(schema))})"
-        )
+        raise ConfigError(f"{file}: [{where}] unknown key '{unknown[0]}' "
+                          f"(expected one of: {', '.join(sorted({*own, *options}))})")
     out: dict[str, Any] = {}
-    for key, (expected, default) in schema.items():
-        if key not in table:
-            if default is REQUIRED:
-                raise ConfigError(f"{file}: [{section}] missing required key '{key}' ({_type_name(expected)})")
+    for key, (expected, default) in own.items():
+        if key in table:
+            out[key] = _own_value(file, where, key, table[key], expected)
+        elif default is REQUIRED:
+            raise ConfigError(f"{file}: [{where}] missing required key '{key}'")
+        else:
             out[key] = default
-            continue
-        value = table[key]
-        kinds = expected if isinstance(expected, tuple) else (expected,)
-        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
-        if not ok:
-            raise ConfigError(
-                f"{file}: [{section}] key '{key}': expected {_type_name(expected)}, got {type(value).__name__} {value!r}"
-            )
-        out[key] = value
+    for key, targets in options.items():
+        if key in table:
+            out[key] = [coerce(table[key], tp, opt, f"{file}: [{where}] key '{key}'") for _, opt, tp in targets][0]
     return out
+
+
+def _train_tables(file: Path, raw: dict[str, Any]) -> list[dict[str, Any]]:
+    tables = raw.get("train", [])
+    if isinstance(tables, dict):
+        tables = [tables]
+    if not isinstance(tables, list):
+        raise ConfigError(f"{file}: [[train]] must be an array of tables")
+    trains = [check_section(file, "train", f"train.{i}", t) for i, t in enumerate(tables)]
+    names = [t["name"] for t in trains]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{file}: [[train]] names must be unique, got {names}")
+    for i, t in enumerate(trains):
+        if t["init"] is not None and t["init"] not in names[:i]:
+            raise ConfigError(
+                f"{file}: [train.{i}] key 'init': no earlier [[train]] run named {t['init']!r} "
+                f"(have before it: {', '.join(names[:i]) or 'none'})"
+            )
+        if t.get("fixed_point") and t["init"] is None:
+            raise ConfigError(f"{file}: [train.{i}] key 'fixed_point' fine-tunes a trained model: set 'init' to an earlier run")
+    return trains
 
 
 def load_pipeline(path: str | Path) -> PipelineConfig:
@@ -173,54 +147,24 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
         raw = tomllib.loads(file.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{file}: not valid TOML ({exc})") from None
-    unknown = sorted(set(raw) - set(SCHEMA))
+    unknown = sorted(set(raw) - set(OWN_KEYS))
     if unknown:
-        raise ConfigError(f"{file}: unknown section [{unknown[0]}] (expected: {', '.join(SCHEMA)})")
+        raise ConfigError(f"{file}: unknown section [{unknown[0]}] (expected: {', '.join(OWN_KEYS)})")
     for needed in ("pipeline", "data"):
         if needed not in raw:
             raise ConfigError(f"{file}: missing section [{needed}]")
-    head = _check_table(file, "pipeline", raw["pipeline"], SCHEMA["pipeline"])
-    data = _check_table(file, "data", raw["data"], SCHEMA["data"])
+    head = check_section(file, "pipeline", "pipeline", raw["pipeline"])
     base = file.resolve().parent.parent if file.resolve().parent.name == "pipelines" else file.resolve().parent
-    data = _resolve_data(file, data, base)
-
-    trains_raw = raw.get("train", [])
-    if isinstance(trains_raw, dict):
-        trains_raw = [trains_raw]
-    if not isinstance(trains_raw, list):
-        raise ConfigError(f"{file}: [[train]] must be an array of tables")
-    trains = [_check_table(file, f"train.{i}", t, SCHEMA["train"]) for i, t in enumerate(trains_raw)]
+    data = _resolve_data(file, check_section(file, "data", "data", raw["data"]), base)
+    trains = _train_tables(file, raw)
     names = [t["name"] for t in trains]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{file}: [[train]] names must be unique, got {names}")
-    for i, t in enumerate(trains):
-        if t["eps"] is not None:
-            t["eps"] = parse_eps(t["eps"], f"{file}: [train.{i}] key 'eps'")
-        if t["epochs"] < 1 or t["batch"] < 1:
-            raise ConfigError(f"{file}: [train.{i}] epochs and batch must be positive")
-        if t["init"] is not None and t["init"] not in names[:i]:
-            raise ConfigError(
-                f"{file}: [train.{i}] key 'init': no earlier [[train]] run named {t['init']!r} "
-                f"(have before it: {', '.join(names[:i]) or 'none'})"
-            )
-        if t["fixed_point"] and t["init"] is None:
-            raise ConfigError(f"{file}: [train.{i}] key 'fixed_point' fine-tunes a trained model: set 'init' to an earlier run")
 
-    sections: dict[str, dict[str, Any] | None] = {}
-    for section in ("attack", "analyze", "export", "report"):
-        sections[section] = (
-            _check_table(file, section, raw[section], SCHEMA[section]) if section in raw else None
-        )
-    attack = sections["attack"]
-    if attack is not None:
-        if attack["eps"] is not None:
-            attack["eps"] = [parse_eps(e, f"{file}: [attack] key 'eps'") for e in attack["eps"]]
-        _check_names(file, "attack", "models", attack["models"], names)
-    if sections["analyze"] is not None:
-        analyze = sections["analyze"]
-        _check_names(file, "analyze", "models", analyze["models"], names)
-        if analyze["eps"] is not None:
-            analyze["eps"] = [parse_eps(e, f"{file}: [analyze] key 'eps'") for e in analyze["eps"]]
+    sections: dict[str, dict[str, Any] | None] = {
+        s: check_section(file, s, s, raw[s]) if s in raw else None for s in ("attack", "analyze", "export", "report")
+    }
+    for section in ("attack", "analyze"):
+        if sections[section] is not None:
+            _check_names(file, section, "models", sections[section]["models"], names)  # type: ignore[index]
     if sections["export"] is not None:
         _check_names(file, "export", "model", [sections["export"]["model"]], names)
 
@@ -228,34 +172,23 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     if not run_dir.is_absolute():
         run_dir = base / run_dir
     return PipelineConfig(
-        path=file,
-        name=head["name"],
-        run_dir=run_dir,
-        seed=head["seed"],
-        data=data,
-        train=trains,
-        attack=sections["attack"],
-        analyze=sections["analyze"],
-        export=sections["export"],
-        report=sections["report"],
-        raw=raw,
+        path=file, name=head["name"], run_dir=run_dir, seed=head["seed"], data=data, train=trains,
+        attack=sections["attack"], analyze=sections["analyze"], export=sections["export"],
+        report=sections["report"], raw=raw,
     )
 
 
 def _resolve_data(file: Path, data: dict[str, Any], base: Path) -> dict[str, Any]:
-    if data["mode"] not in DATA_MODES:
-        raise ConfigError(f"{file}: [data] key 'mode': expected one of {DATA_MODES}, got {data['mode']!r}")
     source = data["source"]
     if source not in ("synth", "cifar10dvs"):
         folder = Path(source) if Path(source).is_absolute() else base / source
         if not folder.is_dir():
             raise ConfigError(f"{file}: [data] key 'source': folder {folder} does not exist")
         data["source"] = str(folder)
-    if data["root"] is not None:
-        root = Path(data["root"])
-        data["root"] = str(root if root.is_absolute() else base / root)
-    cache_dir = Path(data["cache_dir"])
-    data["cache_dir"] = str(cache_dir if cache_dir.is_absolute() else base / cache_dir)
+    data.setdefault("cache_dir", stages.preprocess.Config.__dataclass_fields__["cache_dir"].default)
+    for key in PATH_KEYS:
+        if data.get(key) is not None:
+            data[key] = data[key] if data[key].is_absolute() else base / data[key]
     return data
 
 

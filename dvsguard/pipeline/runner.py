@@ -1,62 +1,69 @@
 """Run a pipeline: plan the stages, skip the unchanged ones, resume a killed run.
 
-Each stage is one ``dvsguard`` command run as a subprocess with ``--json``; its JSON result is
-stored in ``RUN_DIR/pipeline_state.json`` with a fingerprint (hash of its arguments and of the
-content of its input files). A stage whose fingerprint matches a finished record is skipped; a
-training stage that was started with the same fingerprint but not finished resumes (``--resume``)
-from its last end-of-epoch checkpoint.
+Each stage is a :mod:`dvsguard.stages` module run in this process with the ``Config`` built
+from its pipeline section and earlier stages' results. Its result is stored in
+``RUN_DIR/pipeline_state.json`` with a fingerprint (hash of the ``Config`` and of the content of
+its input files). A stage whose fingerprint matches a finished record is skipped; a training
+stage that was started with the same fingerprint but not finished resumes from its last
+end-of-epoch checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+from dvsguard import stages
 from dvsguard.atomic import write_text
 from dvsguard.errors import ConfigError, DvsguardError
 from dvsguard.pipeline.config import PipelineConfig
+from dvsguard.stages.base import build, command_line, config_to_json, fields
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "pipeline_state.json"
 HASH_LIMIT = 256 * 2**20  # files above this are fingerprinted by size and mtime, not content
 
+Results = dict[str, dict[str, Any]]
+
 
 @dataclass
 class Stage:
-    """One step of a pipeline: ``args`` builds the command line from earlier stages' results."""
+    """One step of a pipeline: ``values`` builds its ``Config`` values from earlier stages' results."""
 
     name: str
     group: str
-    args: Callable[[dict[str, dict[str, Any]]], list[str]]
-    inputs: Callable[[dict[str, dict[str, Any]]], list[str]] = field(default=lambda results: [])
+    module: ModuleType
+    values: Callable[[Results], dict[str, Any]]
+    inputs: Callable[[Results], list[str]] = field(default=lambda results: [])
     out_dir: Path | None = None
     resumable: bool = False
 
+    @property
+    def command(self) -> str:
+        """The CLI command of this stage's module (``train`` for ``train:vanilla``)."""
+        return self.module.__name__.rsplit(".", 1)[-1]
 
-def _fmt(value: float) -> str:
-    return repr(float(value))
+    def config(self, results: Results) -> Any:
+        return build(self.module.Config, self.values(results))
 
 
-def _opt(flag: str, value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, bool):
-        return [flag] if value else [f"--no-{flag[2:]}"]
-    if isinstance(value, list):
-        return [flag, ",".join(_fmt(v) if isinstance(v, float) else str(v) for v in value)]
-    if isinstance(value, float):
-        return [flag, _fmt(value)]
-    return [flag, str(value)]
+def _options(section: dict[str, Any], module: ModuleType, seed: int) -> dict[str, Any]:
+    """The options of ``module``'s stage that a section sets; ``seed`` defaults to the pipeline's."""
+    names = {f.name for f, opt, _ in fields(module.Config) if not opt.wired}
+    values = {k: v for k, v in section.items() if k in names}
+    if "seed" in names:
+        values.setdefault("seed", seed)
+    return values
 
 
 def _checkpoint(result: dict[str, Any], out_dir: Path) -> str:
@@ -66,130 +73,95 @@ def _checkpoint(result: dict[str, Any], out_dir: Path) -> str:
     return str(out_dir / "best.pt")
 
 
-def build_stages(cfg: PipelineConfig) -> list[Stage]:
-    """The ordered stages of a pipeline; argument builders read earlier stages' JSON results."""
-    run = cfg.run_dir
+def _data_stages(cfg: PipelineConfig) -> list[Stage]:
     data = cfg.data
-    stages: list[Stage] = []
-
+    out: list[Stage] = []
     source = data["source"]
     if source == "synth":
-        rec_dir = run / "recordings"
-        stages.append(
-            Stage(
-                "synth",
-                "data",
-                lambda r: ["synth", str(rec_dir), *_opt("--per-class", data["per_class"]),
-                           *_opt("--noise", data["noise"]), "--seed", str(cfg.seed), "--size", str(data["size"])],
-            )
-        )
+        rec_dir = cfg.run_dir / "recordings"
+        out.append(Stage("synth", "data", stages.synth,
+                         lambda r: {"out_dir": rec_dir, **_options(data, stages.synth, cfg.seed)}))
         source = str(rec_dir)
-    elif source == "cifar10dvs":
-        pass
+    out.append(Stage("preprocess", "data", stages.preprocess,
+                     lambda r: {"source": source, **_options(data, stages.preprocess, cfg.seed)},
+                     inputs=lambda r: [r["synth"]["out_dir"]] if "synth" in r else []))
+    return out
 
-    def preprocess_args(r: dict[str, dict[str, Any]]) -> list[str]:
-        args = ["preprocess", source, "--cache-dir", data["cache_dir"], "--frames", str(data["frames"]),
-                "--mode", data["mode"], "--size", str(data["size"]), "--workers", str(data["workers"])]
-        args += _opt("--count-cap", data["count_cap"])
-        if data["source"] == "cifar10dvs":
-            args += _opt("--root", data["root"]) + (["--download"] if data["download"] else [])
-        return args
 
-    stages.append(
-        Stage("preprocess", "data", preprocess_args,
-              inputs=lambda r: [r["synth"]["out_dir"]] if "synth" in r else [])
-    )
+def _cache(r: Results) -> str:
+    return str(r.get("preprocess", {}).get("train", "<preprocess.train>"))
 
-    def cache(r: dict[str, dict[str, Any]]) -> str:
-        return str(r.get("preprocess", {}).get("train", "<preprocess.train>"))
 
-    ckpts: dict[str, Callable[[dict[str, dict[str, Any]]], str]] = {}
+def build_stages(cfg: PipelineConfig) -> list[Stage]:
+    """The ordered stages of a pipeline; their ``Config`` values read earlier stages' results."""
+    run = cfg.run_dir
+    out = _data_stages(cfg)
+    ckpts: dict[str, Callable[[Results], str]] = {}
     for t in cfg.train:
-        out = run / "train" / t["name"]
+        folder = run / "train" / t["name"]
 
-        def train_args(r: dict[str, dict[str, Any]], t: dict[str, Any] = t, out: Path = out) -> list[str]:
-            args = ["train", "--cache", cache(r), "--defense", t["defense"], "--out", str(out)]
-            for key in ("preset", "epochs", "batch", "lr", "optimizer", "lam", "sr_form", "eps", "attack",
-                        "pgd_steps", "limit_train", "workers"):
-                args += _opt("--" + key.replace("_", "-"), t[key])
-            if t["augment"] is False:
-                args.append("--no-augment")
-            if t["init"] is not None:
-                args += ["--init", ckpts[t["init"]](r)] + (["--fixed-point"] if t["fixed_point"] else [])
-            args += ["--seed", str(t["seed"] if t["seed"] is not None else cfg.seed)]
-            return args
+        def train_values(r: Results, t: dict[str, Any] = t, folder: Path = folder) -> dict[str, Any]:
+            init = {"init": ckpts[t["init"]](r)} if t["init"] is not None else {}
+            return {"cache": _cache(r), "out": folder, **init, **_options(t, stages.train, cfg.seed)}
 
-        def train_inputs(r: dict[str, dict[str, Any]], t: dict[str, Any] = t) -> list[str]:
-            return [cache(r)] + ([ckpts[t["init"]](r)] if t["init"] is not None else [])
+        def train_inputs(r: Results, t: dict[str, Any] = t) -> list[str]:
+            return [_cache(r)] + ([ckpts[t["init"]](r)] if t["init"] is not None else [])
 
-        stage_name = f"train:{t['name']}"
-        stages.append(Stage(stage_name, "train", train_args, inputs=train_inputs, out_dir=out, resumable=True))
-        ckpts[t["name"]] = (
-            lambda r, n=stage_name, out=out: _checkpoint(r[n], out) if n in r else f"<{n}.checkpoint>"
-        )
+        name = f"train:{t['name']}"
+        out.append(Stage(name, "train", stages.train, train_values, train_inputs, out_dir=folder, resumable=True))
+        ckpts[t["name"]] = lambda r, n=name, folder=folder: _checkpoint(r[n], folder) if n in r else f"<{n}.checkpoint>"
 
     if cfg.attack is not None:
         a = cfg.attack
         names = a["models"] or cfg.train_names()
-        for i, name in enumerate(names):
-            out = run / "attack" / name
-            source_name = names[(i + 1) % len(names)] if a["black_box"] and len(names) > 1 else None
+        for i, model in enumerate(names):
+            folder = run / "attack" / model
+            source = names[(i + 1) % len(names)] if a["black_box"] and len(names) > 1 else None
 
-            def attack_args(r: dict[str, dict[str, Any]], name: str = name, out: Path = out,
-                            source_name: str | None = source_name) -> list[str]:
-                args = ["attack", ckpts[name](r), "--cache", cache(r), "--out", str(out),
-                        "--seed", str(cfg.seed)]
-                args += _opt("--attacks", a["attacks"]) + _opt("--eps", a["eps"]) + _opt("--limit", a["limit"])
-                args += _opt("--batch", a["batch"]) + _opt("--ensemble", a["ensemble"])
-                if source_name is not None:
-                    args += ["--source", ckpts[source_name](r)]
-                return args
+            def attack_values(r: Results, model: str = model, folder: Path = folder, source: str | None = source) -> dict[str, Any]:
+                black = {"source": ckpts[source](r)} if source is not None else {}
+                return {"checkpoint": ckpts[model](r), "cache": _cache(r), "out": folder, **black,
+                        **_options(a, stages.attack, cfg.seed)}
 
-            def attack_inputs(r: dict[str, dict[str, Any]], name: str = name,
-                              source_name: str | None = source_name) -> list[str]:
-                return [ckpts[name](r)] + ([ckpts[source_name](r)] if source_name else [])
+            def attack_inputs(r: Results, model: str = model, source: str | None = source) -> list[str]:
+                return [ckpts[model](r)] + ([ckpts[source](r)] if source else [])
 
-            stages.append(Stage(f"attack:{name}", "attack", attack_args, inputs=attack_inputs, out_dir=out))
+            out.append(Stage(f"attack:{model}", "attack", stages.attack, attack_values, attack_inputs, out_dir=folder))
 
     if cfg.analyze is not None:
         z = cfg.analyze
         analyzed = z["models"] or cfg.train_names()
-        analyze_out = run / "analyze"
-
-        def analyze_args(r: dict[str, dict[str, Any]]) -> list[str]:
-            args = ["analyze", *[ckpts[n](r) for n in analyzed], "--cache", cache(r), "--split", z["split"],
-                    "--out", str(analyze_out), "--seed", str(cfg.seed)]
-            return args + _opt("--limit", z["limit"]) + _opt("--eps", z["eps"])
-
-        stages.append(Stage("analyze", "analyze", analyze_args,
-                            inputs=lambda r: [ckpts[n](r) for n in analyzed], out_dir=analyze_out))
+        out.append(Stage("analyze", "analyze", stages.analyze,
+                         lambda r: {"checkpoints": [ckpts[n](r) for n in analyzed], "cache": _cache(r),
+                                    "out": run / "analyze", **_options(z, stages.analyze, cfg.seed)},
+                         inputs=lambda r: [ckpts[n](r) for n in analyzed], out_dir=run / "analyze"))
 
     if cfg.export is not None:
         e = cfg.export
-        export_out = run / "export"
 
-        def export_args(r: dict[str, dict[str, Any]]) -> list[str]:
-            args = ["export", ckpts[e["model"]](r), "--out", str(export_out), "--name", e["name"] or e["model"]]
-            if e["verify"] or e["compare"]:
-                args += ["--cache", cache(r)] + (["--verify", str(e["verify"])] if e["verify"] else [])
-            return args + (["--compare"] if e["compare"] else [])
+        def export_values(r: Results) -> dict[str, Any]:
+            values = {"checkpoint": ckpts[e["model"]](r), "out": run / "export", "name": e["model"],
+                      **_options(e, stages.export, cfg.seed)}
+            if values.get("verify") or values.get("compare"):
+                values["cache"] = _cache(r)
+            return values
 
-        stages.append(Stage("export", "export", export_args, inputs=lambda r: [ckpts[e["model"]](r)],
-                            out_dir=export_out))
+        out.append(Stage("export", "export", stages.export, export_values,
+                         inputs=lambda r: [ckpts[e["model"]](r)], out_dir=run / "export"))
 
     if cfg.report is not None and cfg.report["enabled"]:
-        stages.append(Stage("report", "report", lambda r: ["report", str(run)], inputs=_report_inputs))
-    return stages
+        out.append(Stage("report", "report", stages.report, lambda r: {"run_dir": run}, inputs=_report_inputs))
+    return out
 
 
-def _report_inputs(results: dict[str, dict[str, Any]]) -> list[str]:
+def _report_inputs(results: Results) -> list[str]:
     """The report depends on every other stage's result (not on the state file's timestamps)."""
     return [json.dumps({k: v for k, v in results.items() if k != "report"}, sort_keys=True, default=str)]
 
 
-def fingerprint(args: list[str], inputs: list[str]) -> str:
-    """sha256 over a stage's arguments and the content (or size+mtime for huge files) of its inputs."""
-    h = hashlib.sha256(json.dumps(args).encode())
+def fingerprint(config: Any, inputs: list[str]) -> str:
+    """sha256 over a stage's ``Config`` and the content (or size+mtime for huge files) of its inputs."""
+    h = hashlib.sha256(config_to_json(config).encode())
     for item in inputs:
         h.update(item.encode())
         if item.startswith(("{", "<")) or len(item) > 4096:  # a value (or a placeholder), not a path
@@ -230,110 +202,101 @@ class State:
         self.data["stages"][name] = record
         write_text(self.path, json.dumps(self.data, indent=2, default=str))
 
-    def results(self) -> dict[str, dict[str, Any]]:
+    def results(self) -> Results:
         return {k: v["result"] for k, v in self.data["stages"].items() if v.get("finished")}
 
 
-def _selected(stages: list[Stage], start: str | None, only: str | None) -> set[str]:
-    names = [s.name for s in stages]
+def _selected(stages_: list[Stage], start: str | None, only: str | None) -> set[str]:
+    names = [s.name for s in stages_]
 
     def matches(s: Stage, key: str) -> bool:
         return s.name == key or s.group == key
 
     for key in (start, only):
-        if key is not None and not any(matches(s, key) for s in stages):
+        if key is not None and not any(matches(s, key) for s in stages_):
             raise ConfigError(f"no stage named {key!r} (stages: {', '.join(names)})")
     if only is not None:
-        return {s.name for s in stages if matches(s, only)}
+        return {s.name for s in stages_ if matches(s, only)}
     if start is not None:
-        first = next(i for i, s in enumerate(stages) if matches(s, start))
-        return {s.name for s in stages[first:]}
+        first = next(i for i, s in enumerate(stages_) if matches(s, start))
+        return {s.name for s in stages_[first:]}
     return set()
 
 
+@dataclass(frozen=True)
+class Step:
+    """What the runner does with one stage: ``action`` is unselected, unchanged, resume or run."""
+
+    stage: Stage
+    config: Any
+    fingerprint: str
+    action: str
+    forced: bool
+
+
+def decide(stage: Stage, record: dict[str, Any], results: Results, forced: set[str], only: str | None) -> Step:
+    """The one place that decides whether a stage is skipped, resumed or run."""
+    config = stage.config(results)
+    fp = fingerprint(config, stage.inputs(results))
+    is_forced = stage.name in forced
+    if only is not None and not is_forced:
+        action = "unselected"
+    elif not is_forced and record.get("finished") and record.get("fingerprint") == fp:
+        action = "unchanged"
+    elif (not is_forced and stage.resumable and record.get("fingerprint") == fp and not record.get("finished")
+          and stage.out_dir is not None and (stage.out_dir / "last.pt").exists()):
+        action = "resume"
+    else:
+        action = "run"
+    return Step(stage, config, fp, action, is_forced)
+
+
+PLAN_LABELS = {"unselected": "skip (not selected)", "unchanged": "skip (unchanged)", "resume": "resume", "run": "run"}
+RUN_LABELS = {"unselected": "skipped", "unchanged": "skipped", "resume": "resumed", "run": "ran"}
+
+
 def plan(cfg: PipelineConfig, start: str | None = None, only: str | None = None) -> list[dict[str, Any]]:
-    """What a run would do: per stage its name, action (run / resume / skip) and command line."""
+    """What a run would do: per stage its name, action, ``Config`` and the equivalent command line."""
     state = State(cfg.run_dir)
     results = state.results()
-    forced = _selected(build_stages(cfg), start, only)
+    stages_ = build_stages(cfg)
+    forced = _selected(stages_, start, only)
     rows = []
-    for stage in build_stages(cfg):
-        args = stage.args(results)
-        record = state.get(stage.name)
-        fp = fingerprint(args, stage.inputs(results))
-        if only is not None and stage.name not in forced:
-            action = "skip (not selected)"
-        elif stage.name in forced:
-            action = "run (forced)"
-        elif record.get("finished") and record.get("fingerprint") == fp:
-            action = "skip (unchanged)"
-        elif stage.resumable and record.get("fingerprint") == fp and _has_resume_point(stage):
-            action = "resume"
-        else:
-            action = "run"
-        rows.append({"stage": stage.name, "action": action, "command": ["dvsguard", *args]})
+    for stage in stages_:
+        step = decide(stage, state.get(stage.name), results, forced, only)
+        label = "run (forced)" if step.action == "run" and step.forced else PLAN_LABELS[step.action]
+        rows.append({"stage": stage.name, "action": label, "config": json.loads(config_to_json(step.config)),
+                     "command": ["dvsguard", *command_line(stage.command, step.config)]})
     return rows
 
 
-def _has_resume_point(stage: Stage) -> bool:
-    return stage.out_dir is not None and (stage.out_dir / "last.pt").exists()
-
-
-def _run_command(args: list[str]) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "dvsguard", *args, "--json"]
-    log.info("$ dvsguard %s", " ".join(args))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    last = ""
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.strip():
-            last = line
-        sys.stderr.write(line)
-    code = proc.wait()
-    if code != 0:
-        raise DvsguardError(f"stage command failed with exit code {code}: dvsguard {' '.join(args)}")
-    try:
-        result = json.loads(last)
-    except json.JSONDecodeError:
-        raise DvsguardError(f"stage command printed no JSON result: dvsguard {' '.join(args)}") from None
-    if not isinstance(result, dict):
-        raise DvsguardError(f"stage command's JSON result is not an object: dvsguard {' '.join(args)}")
-    return result
-
-
 def run_pipeline(cfg: PipelineConfig, start: str | None = None, only: str | None = None) -> dict[str, Any]:
-    """Run the pipeline; return {"run_dir", "stages": {name: action}, "results": {...}, "seconds"}."""
+    """Run the pipeline; return {"run_dir", "state", "stages": {name: action}, "results": {...}, "seconds"}."""
     t0 = time.monotonic()
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     state = State(cfg.run_dir)
-    stages = build_stages(cfg)
-    forced = _selected(stages, start, only)
+    stages_ = build_stages(cfg)
+    forced = _selected(stages_, start, only)
     actions: dict[str, str] = {}
-    for stage in stages:
-        results = state.results()
-        if only is not None and stage.name not in forced:
-            actions[stage.name] = "skipped"
+    for stage in stages_:
+        step = decide(stage, state.get(stage.name), state.results(), forced, only)
+        actions[stage.name] = RUN_LABELS[step.action]
+        if step.action in ("unselected", "unchanged"):
+            log.info("stage %s: %s, skipped", stage.name, step.action)
             continue
-        args = stage.args(results)
-        fp = fingerprint(args, stage.inputs(results))
-        record = state.get(stage.name)
-        if stage.name not in forced and record.get("finished") and record.get("fingerprint") == fp:
-            log.info("stage %s: unchanged, skipped", stage.name)
-            actions[stage.name] = "skipped"
-            continue
-        run_args = list(args)
-        if stage.resumable and record.get("fingerprint") == fp and not record.get("finished") \
-                and _has_resume_point(stage) and stage.name not in forced:
-            run_args.append("--resume")
-            actions[stage.name] = "resumed"
-        else:
-            if stage.out_dir is not None and stage.out_dir.exists():
-                shutil.rmtree(stage.out_dir)
-            actions[stage.name] = "ran"
-        state.put(stage.name, {"fingerprint": fp, "started": time.time(), "finished": None, "result": None})
-        result = _run_command(run_args)
-        state.put(stage.name, {"fingerprint": fp, "started": record.get("started", time.time()),
-                               "finished": time.time(), "result": result})
+        config = step.config
+        if step.action == "resume":
+            config = dataclasses.replace(config, resume=True)
+        elif stage.out_dir is not None and stage.out_dir.exists():
+            shutil.rmtree(stage.out_dir)
+        log.info("stage %s: dvsguard %s", stage.name, " ".join(command_line(stage.command, config)))
+        started = time.time()
+        state.put(stage.name, {"fingerprint": step.fingerprint, "started": started, "finished": None, "result": None})
+        result = stage.module.run(config)
+        if getattr(result, "exit_code", 0):
+            raise DvsguardError(f"stage {stage.name} failed: {result.summary().splitlines()[-1]}")
+        state.put(stage.name, {"fingerprint": step.fingerprint, "started": started, "finished": time.time(),
+                               "result": result.to_json()})
     return {
         "run_dir": str(cfg.run_dir),
         "state": str(state.path),

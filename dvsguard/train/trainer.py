@@ -29,7 +29,6 @@ import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -60,16 +59,6 @@ DEFAULT_WEIGHT_DECAY = 5e-4
 
 # settings that may change between a run and its resumption: the cache may move (its key is checked)
 _RESUMABLE_CHANGES = ("cache",)
-
-
-def parse_eps(value: str | float) -> float:
-    """ε from a number or a fraction string such as ``"2/255"`` (frame units)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    try:
-        return float(Fraction(str(value).strip()))
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"eps: expected a number or a fraction like '2/255', got {value!r}") from None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from dvsguard.analyze.analysis import (
     Samples,
     analyze_models,
     build_figures,
-    parse_eps_list,
     training_lambda,
 )
 from dvsguard.analyze.figures import PNG_MAGIC, axis_labels
@@ -191,10 +190,7 @@ def test_theorem_measured_on_a_smooth_model_tracks_the_prediction(tmp_path: Path
     assert doc["summary"]["finite_difference"]["0.0001"]["pearson_log"] > 0.99
 
 
-def test_settings_and_eps_parsing() -> None:
-    assert parse_eps_list("0, 2/255,0.5") == (0.0, 2 / 255, 0.5)
-    with pytest.raises(ConfigError, match="--eps"):
-        parse_eps_list("a/b")
+def test_settings_are_checked() -> None:
     with pytest.raises(ConfigError):
         AnalysisSettings(theory_eps=0.0)
     with pytest.raises(ConfigError):
@@ -268,19 +264,19 @@ def test_analyze_command_writes_json_and_figures(cache_and_checkpoints: tuple[Pa
 
 def test_analyze_refuses_a_checkpoint_of_other_classes(cache_and_checkpoints: tuple[Path, list[Path]], tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    from dvsguard.analyze.analysis import analyze
     from dvsguard.snn import model_payload, save_checkpoint
+    from dvsguard.stages import analyze
 
     cache, _ = cache_and_checkpoints
     bad = tmp_path / "bad.pt"
     save_checkpoint(bad, {"model": model_payload(_tiny(0)), "data": {"classes": ["x", "y", "z"]}})
     with pytest.raises(CheckpointError, match="classes"):
-        analyze([bad], cache, settings=SETTINGS)
+        analyze.run(analyze.Config(checkpoints=(bad,), cache=cache, limit=4))
     code, _, stderr = _cli(capsys, "analyze", str(bad), "--cache", str(cache), "--out", str(tmp_path / "o"))
     assert code == 1
     assert stderr.strip().count("\n") == 0 and "classes" in stderr
     code, _, stderr = _cli(capsys, "analyze", str(bad), "--cache", str(cache), "--eps", "1/0")
-    assert code == 1 and "--eps" in stderr
+    assert code == 2 and "--eps" in stderr and stderr.count("\n") == 1
 
 
 def test_grad_mode_changes_g_and_is_restored(samples: Samples, tmp_path: Path) -> None:

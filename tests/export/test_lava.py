@@ -64,7 +64,8 @@ def test_handmade_and_exported_nets_run_identically_in_lava(tmp_path: Path) -> N
     assert all(r["spikes_lava"] > 0 for r in tiny_report["layers"][:3]), tiny_report
 
 
-def test_export_verify_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_verify_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="dvsguard.stages.export")
     cache = make_test_cache(tmp_path / "cache", n=6)
     ckpt = save_model_checkpoint(tmp_path / "run" / "best.pt", tiny_model(seed=2), cache)
     try:
@@ -82,4 +83,4 @@ def test_export_verify_command(tmp_path: Path, capsys: pytest.CaptureFixture[str
     # Lava computes what the integer simulator computes, so it agrees with PyTorch exactly
     # as often as the simulator does on these samples
     assert 0.0 <= v["agreement_torch"] <= 1.0
-    assert "Lava: running 3 test sample(s)" in err and "estimated" in err
+    assert "Lava: running 3 test sample(s)" in caplog.text and "estimated" in caplog.text

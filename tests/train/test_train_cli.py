@@ -1,4 +1,5 @@
-"""``dvsguard train``: bad settings end in one line on stderr and exit code 1 before any training."""
+"""``dvsguard train``: bad settings end in one line on stderr before any training — exit code 2 for a
+value the option itself rejects, 1 for a setting the trainer rejects."""
 
 from __future__ import annotations
 
@@ -8,19 +9,20 @@ from dvsguard.cli import main
 
 
 @pytest.mark.parametrize(
-    "extra, message",
+    "extra, code, message",
     [
-        (["--defense", "trades"], "defense 'trades' is unknown; expected one of vanilla, sr, fgsm-at, pgd-at, sr-star, rat"),
-        (["--defense", "sr", "--eps", "two"], "eps: expected a number or a fraction like '2/255', got 'two'"),
-        (["--defense", "sr", "--sr-form", "l2"], "sr_form 'l2' is unknown"),
-        (["--defense", "sr-star", "--attack", "cw"], "attack 'cw' is unknown"),
-        (["--defense", "sr", "--preset", "huge"], "unknown model preset 'huge'"),
+        (["--defense", "trades"], 1, "defense 'trades' is unknown; expected one of vanilla, sr, fgsm-at, pgd-at, sr-star, rat"),
+        (["--defense", "sr", "--eps", "two"], 2, "--eps: expected a number or a fraction such as 8/255, got 'two'"),
+        (["--defense", "sr", "--sr-form", "l2"], 2, "--sr-form: expected one of sq, abs, got 'l2'"),
+        (["--defense", "sr-star", "--attack", "cw"], 2, "--attack: expected one of fgsm, pgd, got 'cw'"),
+        (["--defense", "sr", "--preset", "huge"], 1, "unknown model preset 'huge'"),
+        (["--defense", "sr", "--epochs", "0"], 2, "--epochs: must be >= 1, got 0"),
     ],
 )
-def test_bad_settings_are_one_line_errors(extra, message, tiny_cache, tmp_path, capsys):
+def test_bad_settings_are_one_line_errors(extra, code, message, tiny_cache, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--cache", str(tiny_cache), "--out", str(tmp_path / "run"), *extra])
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == code
     err = capsys.readouterr().err.strip()
     assert err.startswith("dvsguard: error: ") and "\n" not in err
     assert message in err

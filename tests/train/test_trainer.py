@@ -21,7 +21,7 @@ from dvsguard.snn.checkpoint import load_checkpoint, load_model
 from dvsguard.snn.vgg import SpikingVGG
 from dvsguard.train import rng
 from dvsguard.train import trainer as trainer_mod
-from dvsguard.train.trainer import TrainConfig, parse_eps, train
+from dvsguard.train.trainer import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -36,13 +36,6 @@ def _cfg(cache, **kw) -> TrainConfig:
 
 def _metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def test_parse_eps():
-    assert parse_eps("2/255") == pytest.approx(2 / 255)
-    assert parse_eps("0.01") == 0.01
-    with pytest.raises(ConfigError, match="eps"):
-        parse_eps("two")
 
 
 def test_train_writes_checkpoints_metrics_and_config(tiny_cache, tmp_path, one_thread):

@@ -1,0 +1,161 @@
+"""attack: robust accuracy under FGSM/PGD/APGD, white box and black box, as a table."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dvsguard.stages.base import Result, option
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Options of ``dvsguard attack``."""
+
+    checkpoint: Path = option(help="Checkpoint of the target model (.pt).", argument=True, wired=True)
+    cache: Path = option(help="A frame cache (.h5) of the dataset; its --split sibling is attacked.", wired=True)
+    split: str = option("test", "Which split of the cache to attack.", choices=("train", "test"))
+    attacks: tuple[str, ...] = option(("clean", "fgsm", "pgd10", "pgd30", "pgd50", "apgd10"),
+                                      "Comma list: clean, fgsm, rfgsm, random, pgd<k>, apgd<k>.", kind="list")
+    eps: tuple[float, ...] = option((8 / 255,), "ε in frame units; a comma list draws robust accuracy against ε, "
+                                    "e.g. 8/255,4/255.", kind="eps_list")
+    ensemble: bool = option(True, "Fooled if any of the gradient modes triangle:1, sigmoid:4, atan:2, rga fools "
+                                  "the model.")
+    modes: tuple[str, ...] | None = option(None, "Ensemble gradient modes instead of the paper's four, e.g. "
+                                           "triangle:0.5,rga; grid = 30 triangle widths γ 0.1…3.0.", kind="list")
+    source: Path | None = option(None, "Black box: craft the examples on this checkpoint, judge them on the target.",
+                                 wired=True)
+    limit: int | None = option(None, "Attack a fixed seeded subset of N samples.", min=1)
+    batch: int = option(64, "Samples per batch.", min=1)
+    seed: int = option(0, "Seed of the random starts (per sample) and of the --limit subset.")
+    alpha: float | None = option(None, "PGD step α in frame units, e.g. 0.01 or 2/255 (default 2.5·ε/k).", kind="eps")
+    out: Path | None = option(None, "Folder for attack.json, attack.md, robust_vs_eps.png (default: the "
+                                    "checkpoint's).", wired=True)
+
+
+@dataclass
+class AttackResult(Result):
+    """Robust accuracy per (attack, ε, setting) and the files written (``paths``: json, md, png)."""
+
+    checkpoint: str
+    source: str | None
+    cache: str
+    split: str
+    n_samples: int
+    seed: int
+    ensemble: bool
+    members: list[str]
+    attacks: list[str]
+    eps: list[float]
+    value_range: list[float]
+    pgd_alpha: float | str
+    world_size: int
+    results: list[dict[str, Any]]
+    clean_accuracy: float | None
+    seconds: float
+    table: str
+    paths: dict[str, str] = field(default_factory=dict)
+    rank: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in super().to_json().items() if k != "table"}
+
+    def summary(self) -> str:
+        return f"{self.table}\n\n{self.n_samples} samples; written: {', '.join(self.paths.values())}"
+
+
+def run(config: Config) -> AttackResult:
+    """Evaluate ``checkpoint`` on the ``split`` sibling of ``cache``; rank 0 writes attack.json/.md (and the PNG).
+
+    Under ``torchrun`` each rank takes every ``world``-th sample and the counts are summed.
+    """
+    from dvsguard.attack.ensemble import has_spiking_neurons, paper_modes
+    from dvsguard.attack.evaluate import (
+        EvalConfig, cache_batches, evaluate, gather, markdown_table, result_keys, rows, select_indices,
+    )
+    from dvsguard.data.cache import open_cache, split_path
+    from dvsguard.errors import AttackError
+    from dvsguard.progress import make_progress
+    from dvsguard.snn.checkpoint import load_model
+    from dvsguard.train import distributed
+
+    t0 = time.perf_counter()
+    cfg = EvalConfig(attacks=tuple(a.lower() for a in config.attacks), eps=config.eps, ensemble=config.ensemble,
+                     modes=config.modes, batch_size=config.batch, limit=config.limit, seed=config.seed,
+                     pgd_alpha=config.alpha)
+    target, _ = load_model(config.checkpoint)
+    source_model = load_model(config.source)[0] if config.source is not None else None
+    test_path = Path(split_path(config.cache, config.split))
+    info = open_cache(test_path)
+    n_classes = target.cfg.num_classes
+    if len(info.classes) != n_classes:
+        raise AttackError(f"{config.checkpoint}: model has {n_classes} classes but {test_path} has "
+                          f"{len(info.classes)}")
+    if source_model is not None and source_model.cfg.num_classes != n_classes:
+        raise AttackError(f"{config.source}: source model has {source_model.cfg.num_classes} classes, "
+                          f"target {n_classes}")
+    value_range = (float(info.value_range[0]), float(info.value_range[1]))
+
+    ctx = distributed.setup("cpu")
+    try:
+        indices = select_indices(info.n_samples, cfg.limit, cfg.seed, ctx.rank, ctx.world)
+        keys = result_keys(cfg, source_model is not None)
+        n_batches = -(-len(indices) // cfg.batch_size)
+        per_batch = sum(1 if a == "clean" else len(cfg.eps) * (2 if source_model is not None else 1)
+                        for a in cfg.attacks)
+        with make_progress() as progress:
+            task = progress.add_task(f"attacks (rank {ctx.rank})" if ctx.distributed else "attacks",
+                                     total=n_batches * per_batch)
+            tally = evaluate(target, cache_batches(test_path, indices, cfg.batch_size), cfg, value_range,
+                             source_model, on_job=lambda: progress.advance(task))
+        tally = gather(tally, keys)
+    finally:
+        distributed.teardown(ctx)
+
+    records = rows(tally, keys)
+    members = [str(m) for m in (cfg.modes if cfg.modes is not None else paper_modes())] if cfg.ensemble else []
+    if cfg.ensemble and not has_spiking_neurons(target):
+        members = []
+    result = AttackResult(
+        checkpoint=str(config.checkpoint), source=str(config.source) if config.source is not None else None,
+        cache=str(test_path), split=config.split, n_samples=tally.total, seed=cfg.seed, ensemble=cfg.ensemble,
+        members=members, attacks=list(cfg.attacks), eps=list(cfg.eps), value_range=list(value_range),
+        pgd_alpha=cfg.pgd_alpha if cfg.pgd_alpha is not None else "2.5*eps/steps", world_size=ctx.world,
+        results=records, clean_accuracy=next((r["accuracy"] for r in records if r["attack"] == "clean"), None),
+        seconds=round(time.perf_counter() - t0, 3), table=markdown_table(records, cfg.eps), rank=ctx.rank,
+    )
+    if ctx.is_main:
+        _write(result, config, Path(config.out) if config.out is not None else Path(config.checkpoint).parent)
+    log.info("attack evaluation of %d samples took %.1f s", tally.total, result.seconds)
+    return result
+
+
+def _write(result: AttackResult, config: Config, out: Path) -> None:
+    """attack.md (header + table), robust_vs_eps.png (several ε) and attack.json (the result with its table)."""
+    import json
+
+    from dvsguard.atomic import write_text
+    from dvsguard.units import eps_label
+
+    paths = {"json": out / "attack.json", "md": out / "attack.md"}
+    if len(result.eps) > 1:
+        from dvsguard.analyze.figures import robust_vs_eps_figure, save_png
+
+        paths["png"] = save_png(robust_vs_eps_figure(result.results, result.eps), out / "robust_vs_eps.png")
+    result.paths = {k: str(v) for k, v in paths.items()}
+    members = result.members
+    header = (
+        f"# Robust accuracy (%) of {Path(config.checkpoint).name}\n\n"
+        f"{result.n_samples} samples of {Path(result.cache).name}; ε = {', '.join(eps_label(e) for e in result.eps)}; "
+        f"{'ensemble over ' + ', '.join(members) if members else 'no ensemble'}"
+        f"{'; black box source ' + Path(config.source).name if config.source is not None else ''}; "
+        f"seed {result.seed}.\n\n"
+    )
+    write_text(paths["md"], header + result.table + "\n")
+    doc = {k: v for k, v in {**result.to_json(), "table": result.table}.items() if k != "rank"}
+    write_text(paths["json"], json.dumps(doc, indent=2, default=str) + "\n")

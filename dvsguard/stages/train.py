@@ -1,0 +1,92 @@
+"""train: a spiking VGG with a defense; checkpoints every epoch, resumable, DDP under ``torchrun``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dvsguard.stages.base import Result, option
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Options of ``dvsguard train``; the defaults equal :class:`dvsguard.train.trainer.TrainConfig`'s."""
+
+    cache: Path = option(help="Train-split frame cache (.h5); the test split is found beside it.", wired=True)
+    defense: str = option(help="vanilla, sr, fgsm-at, pgd-at, sr-star or rat.")
+    out: Path = option(help="Run folder: last.pt, best.pt, metrics.jsonl, config.json.", wired=True)
+    preset: str = option("small", "Model preset: vgg11 (paper), vgg11-loihi, small, tiny.")
+    epochs: int = option(200, "Epochs (the cosine schedule spans them).", min=1)
+    batch: int = option(24, "Batch size (per process under torchrun).", min=1)
+    lr: float = option(0.1, "Initial learning rate (about 1e-3 for adam).")
+    momentum: float = option(0.9, "SGD momentum.", min=0.0)
+    optimizer: str = option("sgd", "sgd (the paper's, momentum 0.9) or adam (short runs).", choices=("sgd", "adam"))
+    weight_decay: float | None = option(None, "L2 weight decay (default 5e-4; 0 for rat).", min=0.0)
+    lam: float | None = option(None, "SR weight λ (default 0.002).", min=0.0)
+    sr_form: str = option("sq", "SR term: sq = mean squared difference quotient (released code), abs = Eq. 14.",
+                          choices=("sq", "abs"))
+    h: float = option(0.01, "SR finite-difference step h, frame units.", kind="eps")
+    eps: float = option(2 / 255, "Adversarial-training and robust-check ε, frame units, e.g. 2/255.", kind="eps")
+    attack: str = option("fgsm", "sr-star's adversary: fgsm or pgd.", choices=("fgsm", "pgd"))
+    pgd_steps: int = option(5, "PGD steps k (pgd-at, sr-star with attack pgd).", min=1)
+    pgd_alpha: float | None = option(None, "PGD step α, frame units (default 2.5·ε/k).", kind="eps")
+    beta: float = option(5e-4, "RAT's Parseval retraction strength.", min=0.0)
+    seed: int = option(0, "Seed of initialisation, data order, augmentation and PGD starts.")
+    augment: bool = option(True, "Random crop and flip of training frames.")
+    limit_train: int | None = option(None, "Train on a fixed seeded subset of N samples.", min=1)
+    limit_test: int | None = option(None, "Evaluate on a fixed seeded subset of N test samples.", min=1)
+    robust_limit: int = option(256, "Test samples of the per-epoch FGSM check (0: off).", min=0)
+    workers: int = option(0, "DataLoader worker processes.", min=0)
+    threads: int | None = option(None, "Intra-op CPU threads per process (default: torch's choice).", min=1)
+    device: str = option("auto", "auto (GPU if present), cpu, cuda or cuda:N.")
+    amp: bool = option(False, "bf16 autocast for convolutions and linear layers.")
+    resume: bool = option(False, "Continue the run in --out from its last checkpoint.", wired=True)
+    init: Path | None = option(None, "Start from this trained checkpoint's weights (same preset and data).",
+                               wired=True)
+    fixed_point: bool = option(False, "Fine-tune --init in Loihi 2 fixed point: the model trained is the integer "
+                                      "network `export` writes.")
+
+    def train_config(self) -> Any:
+        """The :class:`~dvsguard.train.trainer.TrainConfig` (what determines the result) of these options."""
+        from dvsguard.train.trainer import TrainConfig
+
+        run_only = {"out", "workers", "threads", "device", "resume"}
+        values = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in run_only}
+        values["cache"] = str(self.cache)
+        values["init"] = str(self.init) if self.init is not None else None
+        return TrainConfig(**values)
+
+
+@dataclass
+class TrainResult(Result):
+    """The run folder's files and the accuracies reached (fractions in [0, 1])."""
+
+    out_dir: str
+    last: str
+    best: str
+    metrics: str
+    config: str
+    defense: str
+    epochs: int
+    resumed_from: int | None
+    best_test_acc: float
+    best_epoch: int
+    final: dict[str, Any]
+    world: int
+    device: str
+    seconds: float
+    rank: int = 0
+
+    def summary(self) -> str:
+        return (f"trained {self.defense} for {self.epochs} epoch(s): best clean test acc {self.best_test_acc:.4f} "
+                f"(epoch {self.best_epoch})\nlast: {self.last}\nbest: {self.best}")
+
+
+def run(config: Config) -> TrainResult:
+    """Train (or resume) into ``config.out``."""
+    from dvsguard.train.trainer import train
+
+    done = train(config.train_config(), config.out, resume=config.resume, workers=config.workers,
+                 device=config.device, threads=config.threads)
+    return TrainResult(**done)

@@ -1,0 +1,46 @@
+"""ε: one parser for every stage and pipeline, one labeller, one conversion to events per frame bin."""
+
+from __future__ import annotations
+
+import pytest
+
+from dvsguard.errors import ConfigError
+from dvsguard.units import eps_label, eps_to_events, events_to_eps, parse_eps, parse_eps_list
+
+
+@pytest.mark.parametrize("text, value", [("8/255", 8 / 255), (" 0.03 ", 0.03), (0.5, 0.5), (2, 2.0), ("1e-3", 1e-3)])
+def test_parse_accepts_numbers_and_fractions(text, value) -> None:
+    assert parse_eps(text) == value
+
+
+@pytest.mark.parametrize("bad, cause", [
+    (True, "expected a number"), ("eight", "expected a number"), ("8/0", "expected a number"),
+    ("-1/255", "must be > 0"), (0, "must be > 0"), ("nan", "expected a number"), (float("nan"), "finite"), (float("inf"), "finite"), (None, "expected a number"),
+])
+def test_parse_rejects_with_the_place_named(bad, cause) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_eps(bad, "[attack] key 'eps'")
+    assert str(info.value).startswith("[attack] key 'eps': ") and cause in str(info.value)
+
+
+def test_lists_from_text_or_sequences_and_zero_only_when_allowed() -> None:
+    assert parse_eps_list("8/255, 4/255,0.1") == (8 / 255, 4 / 255, 0.1)
+    assert parse_eps_list(["8/255", 0.1]) == (8 / 255, 0.1)
+    assert parse_eps_list("0,2/255", allow_zero=True) == (0.0, 2 / 255)
+    with pytest.raises(ConfigError, match="must be > 0"):
+        parse_eps_list("0,2/255")
+    with pytest.raises(ConfigError, match="no ε given"):
+        parse_eps_list(" , ")
+
+
+def test_label_round_trips_whole_255ths() -> None:
+    assert [eps_label(v) for v in (8 / 255, 0.031, 0.0, 1.0)] == ["8/255", "0.031", "0", "255/255"]
+    for k in range(1, 64):
+        assert parse_eps(eps_label(k / 255)) == k / 255
+
+
+def test_events_per_frame_bin() -> None:
+    # frames are count / count_cap: 8/255 at a cap of 15 is 120/255 of one event per pixel, polarity and bin
+    assert eps_to_events(8 / 255, 15) == pytest.approx(120 / 255)
+    assert events_to_eps(eps_to_events(0.03, 15), 15) == pytest.approx(0.03)
+    assert eps_to_events(1 / 15, 15) == pytest.approx(1.0)
