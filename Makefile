@@ -18,7 +18,7 @@ install: $(BIN)/dvsguard
 
 # The Lava runtime (Python 3.10, lava-dl 0.6.0) that checks exported networks; idempotent.
 lava-env:
-	bash scripts/lava_env.sh
+	bash dvsguard/export/lava_env.sh
 
 test: install lava-env
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -1,17 +1,30 @@
-"""Atomic file writes: a temporary file in the target's folder, fsync, then ``os.replace``.
+"""Atomic file writes: a temporary file in the target's folder, fsync, ``os.replace``, fsync of the folder.
 
 A crash or an exception part way leaves the previous file (if any) intact and no temporary
-file behind. Files get the usual permissions (0666 minus the umask).
+file behind. Files get the usual permissions (0666 minus the umask), whatever the
+temporary file was created with.
+
+* :func:`atomic_open` yields a file object; :func:`write_bytes` and :func:`write_text` wrap it.
+* :func:`atomic_path` yields a temporary path, for writers that open the file themselves
+  (``h5py.File(path, "w")``, ``torch.save(obj, path)``).
+* :func:`replace` is the last step of both, for a file built elsewhere in the target's
+  folder (the frame cache's resumable ``.partial`` file).
+* :func:`fsync_path` fsyncs a file or a folder by path.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+# errors of fsync on a folder that mean "not supported by this file system", not "not written"
+_DIR_FSYNC_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
 def _umask() -> int:
@@ -20,28 +33,70 @@ def _umask() -> int:
     return mask
 
 
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """fsync the file or folder at ``path``.
+
+    A folder on a file system that cannot fsync folders (EINVAL, ENOTSUP) is passed over;
+    every other error is raised.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _DIR_FSYNC_UNSUPPORTED or not stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise
+    finally:
+        os.close(fd)
+
+
+def replace(src: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Move the finished file ``src`` over ``target`` durably; returns ``target`` as a Path.
+
+    fsyncs ``src``, gives it the usual permissions, renames it with ``os.replace`` (``src``
+    must be in ``target``'s folder for the rename to be atomic) and fsyncs the folder so
+    the rename itself survives a crash.
+    """
+    target = Path(target)
+    fsync_path(src)
+    os.chmod(src, 0o666 & ~_umask())
+    os.replace(src, target)
+    fsync_path(target.parent)
+    return target
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path in ``path``'s folder that replaces ``path`` when the block ends without error.
+
+    The temporary file exists (empty) when the block starts; the writer may open it or
+    overwrite it by name, and must have closed it when the block ends. Then it is moved
+    over ``path`` with :func:`replace`. On an exception the temporary file is removed and
+    ``path`` is left as it was. The parent folder is created.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "wb", **kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary file for writing that replaces ``path`` when the block ends without error.
 
-    ``mode`` is ``"wb"`` or ``"w"`` (text; ``kwargs`` go to ``os.fdopen``, e.g. ``encoding``).
-    The parent folder is created.
+    ``mode`` is ``"wb"`` or ``"w"`` (text; ``kwargs`` go to ``open``, e.g. ``encoding``).
+    The parent folder is created. See :func:`atomic_path`.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes whole files: mode must be 'w' or 'wb', got {mode!r}")
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, mode, **kwargs) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as fh:
+        yield fh
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -44,6 +44,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from dvsguard.atomic import atomic_path, fsync_path, replace
 from dvsguard.data.frames import VALUE_RANGE, FramingConfig, events_to_frames
 from dvsguard.errors import CacheError, DvsguardError
 
@@ -289,14 +290,6 @@ def _frames_dataset(f: h5py.File, n: int, shape: tuple[int, ...], compression: s
                             compression=compression, compression_opts=GZIP_LEVEL if compression else None)
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _relative(path: Path, root: Path | None) -> str:
     if root is not None:
         try:
@@ -308,8 +301,7 @@ def _relative(path: Path, root: Path | None) -> str:
 
 def _create_partial(partial: Path, n: int, cfg: FramingConfig, attrs: dict[str, Any],
                     labels: np.ndarray, sources: list[str], compression: str | None) -> None:
-    tmp = partial.with_name(partial.name + ".new")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(partial) as tmp, h5py.File(tmp, "w") as f:
         _frames_dataset(f, n, cfg.shape, compression)
         f.create_dataset("labels", data=labels.astype(np.int64))
         f.create_dataset("sources", data=np.array(sources, dtype=object), dtype=h5py.string_dtype())
@@ -318,8 +310,6 @@ def _create_partial(partial: Path, n: int, cfg: FramingConfig, attrs: dict[str, 
         for k, v in attrs.items():
             f.attrs[k] = v
         f.attrs["complete"] = False
-    _fsync_path(tmp)
-    os.replace(tmp, partial)
 
 
 def _resume_state(partial: Path, key: str, n: int) -> np.ndarray | None:
@@ -483,7 +473,7 @@ def _build_locked(path: Path, items: list[Item], classes: Sequence[str], cfg: Fr
                     f["crc"][idx] = np.array([pending[i] for i in idx], dtype=np.uint32)
                     f["done"][idx] = 1
                     f.flush()
-                    os.fsync(f.id.get_vfd_handle())
+                    fsync_path(partial)
                     done[idx] = True
                     pending.clear()
 
@@ -514,13 +504,12 @@ def _build_locked(path: Path, items: list[Item], classes: Sequence[str], cfg: Fr
     if failed:
         _compact(partial, path, good, compression, failed)
         partial.unlink()
+        fsync_path(path.parent)
     else:
         with h5py.File(partial, "r+") as f:
             f.attrs["failed"] = "[]"
             f.attrs["complete"] = True
-        _fsync_path(partial)
-        os.replace(partial, path)
-    _fsync_path(path.parent)
+        replace(partial, path)
     info = open_cache(path)
     seconds = time.perf_counter() - start
     log.info("%s: %d samples (%d framed now, %d resumed, %d failed) in %.1f s",
@@ -531,8 +520,7 @@ def _build_locked(path: Path, items: list[Item], classes: Sequence[str], cfg: Fr
 def _compact(partial: Path, path: Path, good: np.ndarray, compression: str | None,
              failed: list[tuple[str, str]]) -> None:
     """Write only the good samples of ``partial`` into ``path`` (atomically), chunks copied as stored."""
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(partial, "r") as src, h5py.File(tmp, "w") as dst:
+    with h5py.File(partial, "r") as src, atomic_path(path) as tmp, h5py.File(tmp, "w") as dst:
         m = len(good)
         src_frames = src["frames"]
         frames = _frames_dataset(dst, m, src_frames.shape[1:], compression)
@@ -548,5 +536,3 @@ def _compact(partial: Path, path: Path, good: np.ndarray, compression: str | Non
             dst.attrs[k] = v
         dst.attrs["failed"] = json.dumps(failed)
         dst.attrs["complete"] = True
-    _fsync_path(tmp)
-    os.replace(tmp, path)

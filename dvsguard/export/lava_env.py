@@ -1,9 +1,11 @@
 """Locate (or build) the project's Lava environment: a separate Python 3.10 venv with
-lava-dl 0.6.0 / lava-nc 0.10.0, made by ``scripts/lava_env.sh``.
+lava-dl 0.6.0 / lava-nc 0.10.0, made by ``lava_env.sh`` (package data beside this module).
 
-Search order: ``$DVSGUARD_LAVA_ENV``, then ``.lava-env`` in the current folder, then
-``.lava-env`` at the project root (beside the ``dvsguard`` package). An environment
-counts only when its build finished (the script writes ``.ok`` last).
+Search order: ``$DVSGUARD_LAVA_ENV``, then ``.lava-env`` in the current folder, then the
+folder the script builds in by default (:func:`default_env_dir`): ``.lava-env`` at the
+repository root in a checkout, ``$XDG_CACHE_HOME/dvsguard/lava-env`` (``~/.cache/...``)
+for an installed package. An environment counts only when its build finished (the script
+writes ``.ok`` last).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from dvsguard.errors import ExportError
@@ -18,9 +22,22 @@ from dvsguard.errors import ExportError
 log = logging.getLogger(__name__)
 
 ENV_VAR = "DVSGUARD_LAVA_ENV"
+# the folder holding the dvsguard package: the repository root in a checkout
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = PROJECT_ROOT / "scripts" / "lava_env.sh"
+SCRIPT: Traversable = resources.files("dvsguard.export") / "lava_env.sh"
 RUNNER = Path(__file__).with_name("lava_run.py")
+
+
+def default_env_dir() -> Path:
+    """Where ``lava_env.sh`` builds without ``$DVSGUARD_LAVA_ENV`` (the same rule as the script).
+
+    ``PROJECT_ROOT/.lava-env`` when ``PROJECT_ROOT`` is a checkout (holds ``pyproject.toml``),
+    else ``$XDG_CACHE_HOME/dvsguard/lava-env`` (``~/.cache`` without the variable).
+    """
+    if (PROJECT_ROOT / "pyproject.toml").is_file():
+        return PROJECT_ROOT / ".lava-env"
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "dvsguard" / "lava-env"
 
 
 def candidates() -> list[Path]:
@@ -28,7 +45,7 @@ def candidates() -> list[Path]:
     found = []
     if os.environ.get(ENV_VAR):
         found.append(Path(os.environ[ENV_VAR]))
-    found += [Path.cwd() / ".lava-env", PROJECT_ROOT / ".lava-env"]
+    found += [Path.cwd() / ".lava-env", default_env_dir()]
     unique: list[Path] = []
     for p in found:
         if p.resolve() not in [u.resolve() for u in unique]:
@@ -46,7 +63,7 @@ def find_lava_python() -> Path | None:
 
 
 def build_lava_env(timeout: float = 3600.0) -> Path:
-    """Run ``scripts/lava_env.sh`` (idempotent) and return the environment's Python.
+    """Run ``lava_env.sh`` (idempotent) and return the environment's Python.
 
     Raises ExportError with the script's last output line if the build fails.
     """
@@ -54,7 +71,8 @@ def build_lava_env(timeout: float = 3600.0) -> Path:
         raise ExportError(f"{SCRIPT}: the Lava environment script is missing")
     log.info("building the Lava environment with %s (first time: several minutes)", SCRIPT)
     try:
-        proc = subprocess.run(["bash", str(SCRIPT)], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
+        with resources.as_file(SCRIPT) as script:
+            proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
         raise ExportError(f"{SCRIPT}: building the Lava environment took over {timeout:.0f} s") from e
     if proc.returncode != 0:
@@ -75,5 +93,5 @@ def require_lava_python(build: bool = False) -> Path:
         return build_lava_env()
     raise ExportError(
         "no Lava environment found (looked in " + ", ".join(str(p) for p in candidates()) + "); "
-        "create it with: bash scripts/lava_env.sh"
+        f"create it with: bash {SCRIPT}"
     )

@@ -31,7 +31,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from dvsguard.atomic import atomic_path, write_text
 from dvsguard.errors import ExportError
 from dvsguard.export.quantize import QLayer, QuantizedNet
 
@@ -143,28 +143,10 @@ def netx_entries(net: QuantizedNet) -> list[tuple[str, QLayer | None]]:
     return entries
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_netx(net: QuantizedNet, path: str | os.PathLike[str]) -> Path:
     """Write ``net`` to ``path`` in the netx HDF5 schema (atomic). Returns the path."""
     path = Path(path)
-
-    def write(tmp: Path) -> None:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT
             f.attrs["input_bits"] = net.input_bits
@@ -177,8 +159,6 @@ def write_netx(net: QuantizedNet, path: str | os.PathLike[str]) -> Path:
             root = f.create_group("layer", track_order=True)
             for i, (kind, layer) in enumerate(netx_entries(net)):
                 WRITERS[kind](root.create_group(str(i)), net, layer)
-
-    _atomic(path, write)
     return path
 
 
@@ -341,13 +321,7 @@ def build_manifest(
 
 def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
     """Write JSON atomically (indent 2)."""
-    path = Path(path)
-
-    def write(tmp: Path) -> None:
-        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-
-    _atomic(path, write)
-    return path
+    return write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(o: Any) -> Any:

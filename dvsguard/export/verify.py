@@ -28,9 +28,11 @@ from dvsguard.export.lava_env import RUNNER, require_lava_python
 
 log = logging.getLogger(__name__)
 
-# Cost model of Lava's CPU simulation, measured on this project's 2-core machines with
-# lava-nc 0.10.0: start-up (imports, compilation, 7+ worker processes), a per-step cost
-# per process, and scipy's convolve2d per (out, in) channel pair per step.
+# Cost model of Lava's CPU simulation (lava-nc 0.10.0): start-up (imports, compilation,
+# 7+ worker processes), a per-step cost per process, and scipy's convolve2d per (out, in)
+# channel pair per step. The constants are rough wall-clock seconds on a two-core CPU: the
+# estimate is only printed before a run and sets its default timeout (5× it + 300 s), for
+# which its order of magnitude suffices.
 LAVA_STARTUP_S = 18.0  # imports (torch among them), compilation, worker start
 LAVA_STEP_PROCESS_S = 0.003  # per process per step
 LAVA_CONV_PAIR_S = 2e-5  # per (out, in) channel pair per step

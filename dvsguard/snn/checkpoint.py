@@ -18,13 +18,13 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from dvsguard.atomic import atomic_path
 from dvsguard.errors import CheckpointError, ConfigError
 from dvsguard.snn.vgg import SpikingVGG, VGGConfig
 
@@ -40,7 +40,7 @@ def model_payload(model: SpikingVGG) -> dict[str, Any]:
 
 
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
-    """Write ``payload`` to ``path`` atomically (temp file in the same folder, fsync, os.replace).
+    """Write ``payload`` to ``path`` atomically (:func:`dvsguard.atomic.atomic_path`).
 
     Adds ``"format"`` if absent. Creates the parent folder. Returns the path. A crash
     mid-write leaves the previous file (if any) intact.
@@ -48,29 +48,9 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Pa
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: checkpoint payload must be a dict, got {type(payload).__name__}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = payload if "format" in payload else {"format": FORMAT, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # some file systems cannot fsync a directory
-        pass
+    with atomic_path(path) as tmp:
+        torch.save(data, tmp)
     log.debug("saved checkpoint %s", path)
     return path
 

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -324,3 +325,43 @@ def test_bad_recordings_are_reported_once_each_and_skipped(
     verify_cache(path)
     again = build(path, mixed)
     assert again.reused and [Path(f) for f, _ in again.failed] == bad
+
+
+def test_finished_cache_and_its_folder_are_fsynced(tmp_path: Path, items: list[tuple[Path, int]],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.h5"
+    real = os.fsync
+    seen: list[tuple[str, bool]] = []
+
+    def fsync(fd: int) -> None:
+        seen.append(("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file", path.exists()))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    build(path, items)
+    assert ("file", False) in seen  # the partial file's commits and its final state
+    assert seen[-1] == ("dir", True)  # the folder, once the finished file is in place
+
+
+def test_failed_compaction_keeps_the_partial_file_and_leaves_no_temporary_file(
+        tmp_path: Path, items: list[tuple[Path, int]], monkeypatch: pytest.MonkeyPatch) -> None:
+    from dvsguard.data import cache
+
+    empty = tmp_path / "rec" / "a" / "empty.npz"
+    empty.write_bytes(b"")
+    mixed = [*items, (empty, 0)]
+    real = cache._frames_dataset
+
+    def frames_dataset(f: h5py.File, n: int, shape: tuple[int, ...], compression: str | None) -> h5py.Dataset:
+        if ".partial." not in f.filename:  # the compacted copy, not the partial file
+            raise OSError("disk full")
+        return real(f, n, shape, compression)
+
+    monkeypatch.setattr(cache, "_frames_dataset", frames_dataset)
+    path = tmp_path / "c.h5"
+    with pytest.raises(OSError, match="disk full"):
+        build(path, mixed)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["c.h5.partial"]
+    monkeypatch.setattr(cache, "_frames_dataset", real)
+    again = build(path, mixed)
+    assert again.n_resumed == len(items) and again.n_samples == len(items)

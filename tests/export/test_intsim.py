@@ -205,3 +205,20 @@ def test_trained_model_integer_network_agrees_with_pytorch(tmp_path: Path) -> No
     result = compare(model, path, loader)
     assert result["accuracy_float"] > 0.9, "the model should have learnt the task"
     assert result["agreement"] >= 0.99, result
+
+
+def test_failed_netx_write_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dvsguard.export import netx
+
+    q = quantize_model(tiny_model(seed=3), (2, 16, 16), CAP, T)
+    path = write_netx(q, tmp_path / "tiny.net")
+    before = path.read_bytes()
+
+    def broken(group: h5py.Group, net: QuantizedNet, layer: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setitem(netx.WRITERS, "dense", broken)
+    with pytest.raises(OSError, match="disk full"):
+        write_netx(q, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.net"]

@@ -1,7 +1,7 @@
 """Lava itself (lava-dl netx in the project's Python 3.10 environment) against the integer
 simulator, spike for spike, and the ``export --verify`` command end to end.
 
-These tests need ``.lava-env`` (``bash scripts/lava_env.sh``; CI builds it). Without it
+These tests need the Lava environment (``make lava-env``; CI builds it). Without it
 they are skipped with a loud reason; they never pass silently.
 """
 
@@ -33,7 +33,7 @@ def lava_python() -> Path:
         reason = (
             "LAVA TESTS SKIPPED: no Lava environment found in "
             + ", ".join(str(p) for p in candidates())
-            + " — build it with `bash scripts/lava_env.sh`"
+            + " — build it with `make lava-env`"
         )
         warnings.warn(reason, stacklevel=1)
         pytest.skip(reason)

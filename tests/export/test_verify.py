@@ -73,7 +73,8 @@ def test_estimate_grows_with_samples_and_model_size(tmp_path: Path, tiny_net: Pa
 def test_missing_lava_environment_is_a_clear_error(tmp_path: Path, tiny_net: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(lava_env.ENV_VAR, str(tmp_path / "nowhere"))
     monkeypatch.setattr(lava_env, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     assert lava_env.find_lava_python() is None
-    with pytest.raises(ExportError, match=r"no Lava environment found .* bash scripts/lava_env.sh"):
+    with pytest.raises(ExportError, match=r"no Lava environment found .* bash \S+/dvsguard/export/lava_env\.sh"):
         verify.run_lava(tiny_net, random_counts(1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import stat
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,15 @@ def test_failed_save_keeps_previous_file(tmp_path: Path, model: SpikingVGG) -> N
         save_checkpoint(path, {"model": model_payload(model), "bad": Unpicklable()})
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["c.pt"]
+
+
+def test_checkpoint_gets_the_usual_permissions(tmp_path: Path, model: SpikingVGG) -> None:
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "c.pt", _payload(model))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -3,16 +3,30 @@
 # environment with lava-dl 0.6.0 and lava-nc 0.10.0 (they require Python 3.10, numpy<2 and
 # torch 2.3.x, which is why they do not live in the main .venv).
 #
-# Usage: bash scripts/lava_env.sh            # builds .lava-env/ (or $DVSGUARD_LAVA_ENV)
-#        LAVA_PYTHON=/path/to/python3.10 bash scripts/lava_env.sh
+# Usage, from a checkout:  make lava-env   (or: bash dvsguard/export/lava_env.sh)
+#        installed package: bash "$(python -c 'import dvsguard.export.lava_env as m; print(m.SCRIPT)')"
+#                           (or let `dvsguard export --verify --build-lava` run it)
+#        any Python 3.10:   LAVA_PYTHON=/path/to/python3.10 bash .../lava_env.sh
+#
+# Where the environment goes (dvsguard.export.lava_env searches the same default folder):
+#   $DVSGUARD_LAVA_ENV if set; a relative path is taken from the repository root in a
+#     checkout, from the current folder otherwise;
+#   in a checkout (this script at <repo>/dvsguard/export/, <repo>/pyproject.toml present):
+#     <repo>/.lava-env;
+#   in an installed package (a wheel in site-packages): ${XDG_CACHE_HOME:-~/.cache}/dvsguard/lava-env,
+#     so that it outlives reinstalls and is shared by the user's virtual environments.
 #
 # Idempotent: the folder holds a stamp of the requirements in .ok and the script returns at
 # once when it matches. A failed build leaves no stamp, so the next run starts over.
 # Downloads come from PyPI through pip's cache, so a rebuild (a fresh clone) is quick.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-
-ENV_DIR="${DVSGUARD_LAVA_ENV:-.lava-env}"
+REPO_ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+if [ -f "$REPO_ROOT/pyproject.toml" ]; then
+    cd "$REPO_ROOT"
+    ENV_DIR="${DVSGUARD_LAVA_ENV:-.lava-env}"
+else
+    ENV_DIR="${DVSGUARD_LAVA_ENV:-${XDG_CACHE_HOME:-$HOME/.cache}/dvsguard/lava-env}"
+fi
 REQUIREMENTS=("lava-nc==0.10.0" "lava-dl==0.6.0")
 
 find_python() {
