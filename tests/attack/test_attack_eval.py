@@ -80,8 +80,8 @@ def test_counts_do_not_depend_on_the_batch_size(trained_snn, test_patterns) -> N
     assert a.correct[("pgd2", 16 / 255, "white")] < a.correct[("clean", 0.0, "white")]
 
 
-def test_run_writes_json_markdown_and_plot(digits_cache, tmp_path) -> None:
-    train, target, source = digits_cache
+def test_run_writes_json_markdown_and_plot(digits_cache, digits_checkpoints, tmp_path) -> None:
+    train, (target, source) = digits_cache, digits_checkpoints
     cfg = EvalConfig(attacks=("clean", "fgsm", "random"), eps=(8 / 255, 16 / 255), limit=6, batch_size=4, seed=1)
     result = run(target, train, cfg, source=source, out_dir=tmp_path)
     assert result["n_samples"] == 6 and result["cache"].endswith(".h5") and "-test-" in result["cache"]
@@ -99,15 +99,15 @@ def test_checkpoint_for_other_frames_is_an_attack_error(digits_cache, tmp_path) 
     from dvsguard.snn.checkpoint import model_payload, save_checkpoint
     from dvsguard.snn.vgg import SpikingVGG, VGGConfig
 
-    train, _, _ = digits_cache  # 16×16 frames
+    train = digits_cache  # 16×16 frames
     model = SpikingVGG(VGGConfig.preset("tiny", num_classes=10, input_size=32))
     wide = save_checkpoint(tmp_path / "wide.pt", {"model": model_payload(model)})
     with pytest.raises(AttackError, match=r"SpikingVGG .*\[T, B, 2, 32, 32\]"):
         run(wide, train, EvalConfig(attacks=("clean", "fgsm"), limit=2), out_dir=tmp_path)
 
 
-def test_cli_attack_json(digits_cache, tmp_path) -> None:
-    train, target, source = digits_cache
+def test_cli_attack_json(digits_cache, digits_checkpoints, tmp_path) -> None:
+    train, (target, source) = digits_cache, digits_checkpoints
     proc = run_cli("attack", str(target), "--cache", str(train), "--attacks", "clean,fgsm,pgd2,apgd2",
                    "--eps", "8/255", "--source", str(source), "--limit", "5", "--batch", "3", "--alpha", "2/255", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -127,8 +127,8 @@ def test_cli_attack_json(digits_cache, tmp_path) -> None:
     assert "| Attack | White box |" in human.stdout and (tmp_path / "attack.json").is_file()
 
 
-def test_cli_errors_are_one_line(digits_cache, tmp_path) -> None:
-    train, target, _ = digits_cache
+def test_cli_errors_are_one_line(digits_cache, digits_checkpoints, tmp_path) -> None:
+    train, (target, _) = digits_cache, digits_checkpoints
     proc = run_cli("attack", str(target), "--cache", str(train), "--attacks", "clean,deepfool")
     assert proc.returncode == 1 and "deepfool" in proc.stderr and proc.stderr.strip().count("\n") == 0
     proc = run_cli("attack", str(tmp_path / "missing.pt"), "--cache", str(train))
@@ -138,8 +138,8 @@ def test_cli_errors_are_one_line(digits_cache, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_match_one_process(digits_cache, tmp_path) -> None:
-    train, target, source = digits_cache
+def test_torchrun_two_ranks_match_one_process(digits_cache, digits_checkpoints, tmp_path) -> None:
+    train, (target, source) = digits_cache, digits_checkpoints
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     if torchrun is None:
         pytest.skip("torchrun is not installed")
