@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from dvsguard.data.cache import split_path
+from dvsguard.data.dataset import FrameDataset
 from dvsguard.errors import ConfigError, TrainError
 from dvsguard.snn.checkpoint import load_checkpoint, load_model
 from dvsguard.snn.vgg import SpikingVGG
@@ -47,15 +49,37 @@ def test_parse_eps():
 
 def test_train_writes_checkpoints_metrics_and_config(digits_cache, tmp_path, one_thread):
     run = tmp_path / "run"
-    result = train(_cfg(digits_cache, defense="sr"), run, device="cpu")
+    cfg = _cfg(digits_cache, defense="sr", lam=0.01)
+    result = train(cfg, run, device="cpu")
     assert result["epochs"] == 2 and result["world"] == 1
     rows = _metrics(run)
     assert [r["epoch"] for r in rows] == [1, 2]
     for r in rows:
         assert r["train_n"] == 24 and r["test_n"] == 12 and r["robust_n"] == 6
-        assert 0.0 <= r["test_acc"] <= 1.0 and 0.0 <= r["robust_acc"] <= 1.0
-        assert r["train_loss"] > 0
+        # the logged loss is the sum of its logged terms: ce + λ·sr
+        assert r["train_loss"] == pytest.approx(r["train_ce"] + 0.01 * r["train_sr"], rel=1e-5)
     assert rows[1]["lr"] < rows[0]["lr"] == 0.1  # cosine schedule
+    # the last epoch's clean and FGSM accuracies, recomputed by hand from last.pt on the seeded
+    # test subsets (first 12 / first 6 of a permutation seeded by cfg.seed, in index order)
+    final, _ = load_model(run / "last.pt")
+    ds = FrameDataset(split_path(digits_cache, "test"))
+    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(cfg.seed))
+    clean_ok = robust_ok = 0
+    for limit, robust in ((12, False), (6, True)):
+        idx = perm[:limit].sort().values.tolist()
+        for i in range(0, limit, cfg.batch):
+            x = torch.stack([ds[j][0] for j in idx[i : i + cfg.batch]], dim=1)
+            y = torch.tensor([ds[j][1] for j in idx[i : i + cfg.batch]])
+            if robust:
+                xg = x.clone().requires_grad_(True)
+                torch.nn.functional.cross_entropy(final(xg), y).backward()
+                x = (x + cfg.eps * xg.grad.sign()).clamp(0.0, 1.0)
+            with torch.no_grad():
+                ok = int((final(x).argmax(1) == y).sum())
+            robust_ok, clean_ok = (robust_ok + ok, clean_ok) if robust else (robust_ok, clean_ok + ok)
+    ds.close()
+    assert rows[1]["test_acc"] == pytest.approx(clean_ok / 12)
+    assert rows[1]["robust_acc"] == pytest.approx(robust_ok / 6)
 
     last = load_checkpoint(run / "last.pt")  # weights_only=True inside
     assert last["epoch"] == 2 and last["train"]["defense"] == "sr"
@@ -64,8 +88,12 @@ def test_train_writes_checkpoints_metrics_and_config(digits_cache, tmp_path, one
     assert last["data"]["framing"]["n_frames"] == 4
     state = last["trainer"]
     assert set(state) >= {"optimizer", "scheduler", "rng", "history", "best_acc"}
-    assert isinstance(state["rng"][0]["torch"], torch.Tensor)
-    assert isinstance(state["rng"][0]["generators"]["attack"], torch.Tensor)
+    assert state["history"] == rows and state["best_acc"] == max(r["test_acc"] for r in rows)
+    assert len(state["rng"]) == 1  # one entry per rank
+    torch.Generator().set_state(state["rng"][0]["generators"]["attack"])  # a usable generator state
+    before = torch.get_rng_state()
+    torch.set_rng_state(state["rng"][0]["torch"])  # a usable global generator state
+    torch.set_rng_state(before)
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2
 
     model, best = load_model(run / "best.pt")
@@ -224,9 +252,10 @@ def test_two_process_ddp_on_cpu_trains(digits_cache, tmp_path):
 
 def test_bf16_autocast_run_trains_and_checkpoints_float32(digits_cache, tmp_path, one_thread):
     run = tmp_path / "amp"
-    result = train(_cfg(digits_cache, defense="sr-star", epochs=1, amp=True), run, device="cpu")
+    result = train(_cfg(digits_cache, defense="sr-star", lam=0.01, epochs=1, amp=True), run, device="cpu")
     assert result["epochs"] == 1
     model, payload = load_model(run / "last.pt")
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    assert torch.isfinite(torch.tensor(payload["metrics"]["train_loss"]))
-    assert {"train_ce", "train_sr"} <= set(payload["metrics"])
+    m = payload["metrics"]
+    assert math.isfinite(m["train_loss"])
+    assert m["train_loss"] == pytest.approx(m["train_ce"] + 0.01 * m["train_sr"], rel=1e-5)
