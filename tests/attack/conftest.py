@@ -1,8 +1,9 @@
 """Models and data for the attack tests.
 
-Fast (default suite): a tiny conv net on random ``[T, B, 2, H, W]`` frames, and a tiny SpikingVGG
-trained on hand-made event patterns. Slow: a small SpikingVGG trained by the project's trainer on
-the embedded digits (:func:`digits_snn`).
+Fast (default suite): a tiny conv net on random ``[T, B, 2, H, W]`` frames, a tiny SpikingVGG
+trained on hand-made event patterns, and two untrained checkpoints for the shared ``digits_cache``
+(tests/conftest.py). Slow: a small SpikingVGG trained by the project's trainer on the embedded
+digits (:func:`digits_snn`).
 """
 
 from __future__ import annotations
@@ -106,27 +107,21 @@ def test_patterns() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.fixture(scope="session")
-def digits_cache(tmp_path_factory):
-    """A small cache of the embedded digits (16×16, 4 frames) and two untrained tiny checkpoints.
+def digits_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
+    """Two untrained tiny SpikingVGG checkpoints for the shared ``digits_cache`` (16×16, 10 classes).
 
-    Returns (train cache path, target checkpoint, source checkpoint).
+    Returns (target checkpoint, source checkpoint).
     """
-    from dvsguard.data.frames import FramingConfig
-    from dvsguard.data.preprocess import preprocess
-    from dvsguard.data.synth import SynthConfig, make_digits
     from dvsguard.snn.checkpoint import model_payload, save_checkpoint
     from dvsguard.snn.vgg import SpikingVGG, VGGConfig
 
-    root = tmp_path_factory.mktemp("digits")
-    make_digits(root / "rec", SynthConfig(per_class=10, size=16, seed=5))
-    result = preprocess(str(root / "rec"), root / "cache", FramingConfig(n_frames=4, height=16, width=16),
-                        workers=1, progress=False)
+    root = tmp_path_factory.mktemp("digits-ckpt")
     paths = []
     for seed, name in ((0, "target"), (1, "source")):
         torch.manual_seed(seed)
         model = SpikingVGG(VGGConfig.preset("tiny", num_classes=10))
         paths.append(save_checkpoint(root / name / "model.pt", {"model": model_payload(model)}))
-    return result.train, paths[0], paths[1]
+    return paths[0], paths[1]
 
 
 @contextmanager

@@ -6,10 +6,13 @@ import json
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 import torch
 
 from dvsguard.cli import main
+from dvsguard.data.dataset import FrameDataset
+from dvsguard.export.intsim import load_netx, simulate
 from dvsguard.export.netx import sha256_file
 from dvsguard.snn import SpikingVGG, VGGConfig
 from dvsguard.snn.checkpoint import model_payload, save_checkpoint
@@ -33,7 +36,8 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_export_writes_netx_and_manifest(tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    ckpt = save_model_checkpoint(tmp_path / "run" / "best.pt", tiny_model(), cache)
+    model = tiny_model()
+    ckpt = save_model_checkpoint(tmp_path / "run" / "best.pt", model, cache)
     code, out, err = run_cli(["export", str(ckpt), "--out", str(tmp_path / "exp"), "--compare", "--json"], capsys)
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
@@ -47,7 +51,19 @@ def test_export_writes_netx_and_manifest(tmp_path: Path, cache: Path, capsys: py
     assert manifest["classes"] == [str(i) for i in range(10)]
     assert [la["kind"] for la in manifest["layers"]] == ["conv", "conv", "dense", "dense"]
     assert manifest["resources"]["fits_chip"] and len(manifest["resources"]["rows"]) == 4
-    assert result["compare"]["n"] == 10 and 0 <= result["compare"]["agreement"] <= 1
+    # --compare recomputed here: the integer simulator on the cache's counts vs the float model
+    ds = FrameDataset(cache)
+    counts = np.stack([np.asarray(ds.counts(i)) for i in range(len(ds))]).astype(np.int64)
+    x = torch.stack([ds[i][0] for i in range(len(ds))], dim=1)
+    labels = np.array([ds[i][1] for i in range(len(ds))])
+    ds.close()
+    with torch.no_grad():
+        pred_float = model.eval()(x).argmax(1).numpy()
+    pred_int = simulate(load_netx(net), counts).v_out.argmax(1)
+    assert result["compare"]["n"] == 10
+    assert result["compare"]["agreement"] == pytest.approx(float((pred_float == pred_int).mean()))
+    assert result["compare"]["accuracy_float"] == pytest.approx(float((pred_float == labels).mean()))
+    assert result["compare"]["accuracy_int"] == pytest.approx(float((pred_int == labels).mean()))
     with h5py.File(net) as f:  # the netx schema
         assert [f["layer"][str(i)]["type"][0] for i in range(6)] == [b"input", b"conv", b"conv", b"flatten", b"dense", b"dense"]
         assert list(f["layer/0/shape"][()]) == [2, 16, 16]

@@ -151,6 +151,7 @@ def test_simulator_refuses_what_it_cannot_run(tmp_path: Path) -> None:
         simulate(net, np.zeros((1, 5, 2, 7, 9), dtype=int))
 
 
+@pytest.mark.slow  # a wall-clock claim: not for the default suite on a shared machine
 def test_simulator_scores_a_test_split_quickly(tmp_path: Path) -> None:
     """The small preset (48×48, 7 layers) at T=10: well under a second per sample."""
     import time

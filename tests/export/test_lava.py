@@ -13,13 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from dvsguard.cli import main
+from dvsguard.data.dataset import FrameDataset
 from dvsguard.export.intsim import load_netx, simulate
 from dvsguard.export.lava_env import candidates, find_lava_python
 from dvsguard.export.netx import write_netx
 from dvsguard.export.quantize import quantize_model
-from dvsguard.export.verify import compare_lava, run_lava_many
+from dvsguard.export.verify import compare_lava, estimate_lava_seconds, run_lava_many
 
 from .conftest import CAP, T, handmade_frames, make_test_cache, random_counts, save_model_checkpoint, tiny_model, write_handmade
 
@@ -67,7 +69,8 @@ def test_handmade_and_exported_nets_run_identically_in_lava(tmp_path: Path) -> N
 def test_export_verify_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("INFO", logger="dvsguard.stages.export")
     cache = make_test_cache(tmp_path / "cache", n=6)
-    ckpt = save_model_checkpoint(tmp_path / "run" / "best.pt", tiny_model(seed=2), cache)
+    model = tiny_model(seed=2)
+    ckpt = save_model_checkpoint(tmp_path / "run" / "best.pt", model, cache)
     try:
         main(["export", str(ckpt), "--out", str(tmp_path / "exp"), "--verify", "3", "--compare", "--json", "--timeout", "600"])
         code = 0
@@ -79,8 +82,16 @@ def test_export_verify_command(tmp_path: Path, capsys: pytest.CaptureFixture[str
     v = result["verify"]
     assert v["identical"] and v["n"] == 3 and v["v_out_mismatches"] == 0
     assert all(r["spike_mismatches"] == 0 and r["timeline_mismatches"] == 0 for r in v["layers"])
-    assert v["estimated_seconds"] > 0 and v["lava_steps"] == 3 * T + 4
+    net = load_netx(result["net"])
+    assert v["estimated_seconds"] == pytest.approx(estimate_lava_seconds(net, 3, T)) and v["lava_steps"] == 3 * T + 4
     # Lava computes what the integer simulator computes, so it agrees with PyTorch exactly
-    # as often as the simulator does on these samples
-    assert 0.0 <= v["agreement_torch"] <= 1.0
+    # as often as the simulator does on these samples (the first 3 of the test split)
+    ds = FrameDataset(cache)
+    counts = np.stack([np.asarray(ds.counts(i)) for i in range(3)]).astype(np.int64)
+    x = torch.stack([ds[i][0] for i in range(3)], dim=1)
+    ds.close()
+    with torch.no_grad():
+        pred_torch = model.eval()(x).argmax(1).numpy()
+    expected = float((simulate(net, counts).v_out.argmax(1) == pred_torch).mean())
+    assert v["agreement_torch"] == pytest.approx(expected)
     assert "Lava: running 3 test sample(s)" in caplog.text and "estimated" in caplog.text

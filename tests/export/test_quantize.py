@@ -100,7 +100,10 @@ def test_integer_layers_respect_the_hardware_limits(tiny: SpikingVGG) -> None:
     assert conv2.scale == conv2.vth / 4 + 1 / 8
     dense = q.layers[2]
     assert dense.weight.shape == (32, 16 * 8 * 8) and dense.flatten and dense.pool == 2
-    assert q.lag == 4 and q.input_bits == 2 and q.output_scale > 0
+    assert q.lag == 4 and q.input_bits == 2
+    # read-out v = output_scale · mean logits, output_scale = 2⁶ · s · k² · T of the last layer
+    last = q.layers[-1]
+    assert q.output_scale == pytest.approx(2**6 * last.scale * last.pool**2 * T, rel=1e-12)
 
 
 def test_threshold_is_tie_free() -> None:

@@ -54,25 +54,6 @@ def tiny_net() -> type[TinyConvNet]:
     return TinyConvNet
 
 
-def build_digits_cache(root, per_class: int, sensor: int, frames: int, size: int, test_fraction: float):
-    """Simulated digit recordings framed into a train/test cache pair; returns the train path."""
-    from dvsguard.data.frames import FramingConfig
-    from dvsguard.data.preprocess import preprocess
-    from dvsguard.data.synth import SynthConfig, make_digits
-
-    make_digits(root / "digits", SynthConfig(per_class=per_class, size=sensor))
-    result = preprocess(str(root / "digits"), root / "cache", FramingConfig(n_frames=frames, height=size, width=size),
-                        workers=1, test_fraction=test_fraction, progress=False)
-    return result.train
-
-
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory):
-    """80 train / 20 test simulated digit recordings as 4 frames of 16×16."""
-    return build_digits_cache(tmp_path_factory.mktemp("tiny-cache"), per_class=10, sensor=16, frames=4, size=16,
-                              test_fraction=0.2)
-
-
 @pytest.fixture
 def one_thread():
     """One intra-op thread (two threads thrash on a shared two-core machine) and the global flags restored."""
@@ -85,7 +66,17 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
-def digits_cache(tmp_path_factory):
-    """800 train / 200 test simulated digits, 4 frames of 16×16 (sensor 32×32)."""
-    return build_digits_cache(tmp_path_factory.mktemp("digits"), per_class=100, sensor=32, frames=4, size=16,
-                              test_fraction=0.2)
+def large_digits_cache(tmp_path_factory):
+    """800 train / 200 test simulated digits, 4 frames of 16×16 (sensor 32×32): enough to learn from.
+
+    The small shared ``digits_cache`` (tests/conftest.py) is for the plumbing tests.
+    """
+    from dvsguard.data.frames import FramingConfig
+    from dvsguard.data.preprocess import preprocess
+    from dvsguard.data.synth import SynthConfig, make_digits
+
+    root = tmp_path_factory.mktemp("digits-1k")
+    make_digits(root / "digits", SynthConfig(per_class=100, size=32))
+    result = preprocess(str(root / "digits"), root / "cache", FramingConfig(n_frames=4, height=16, width=16),
+                        workers=1, test_fraction=0.2, progress=False)
+    return result.train

@@ -19,8 +19,8 @@ SETTINGS = {"sr": {"lam": 0.002 / 15**2}, "sr-star": {"lam": 0.002 / 15**2}}
 
 
 @pytest.mark.parametrize("defense", DEFENSES)
-def test_every_defense_beats_chance(defense, digits_cache, tmp_path, one_thread):
-    cfg = TrainConfig(cache=str(digits_cache), defense=defense, preset="tiny", epochs=EPOCHS, batch=16,
+def test_every_defense_beats_chance(defense, large_digits_cache, tmp_path, one_thread):
+    cfg = TrainConfig(cache=str(large_digits_cache), defense=defense, preset="tiny", epochs=EPOCHS, batch=16,
                       augment=False, robust_limit=50, pgd_steps=3, **SETTINGS.get(defense, {}))
     result = train(cfg, tmp_path / defense, device="cpu")
     assert result["final"]["test_n"] == 200

@@ -67,27 +67,27 @@ def _make_active(ckpt: Path, cache: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_cache, tmp_path_factory) -> Path:
+def trained(digits_cache, tmp_path_factory) -> Path:
     """A tiny vanilla model trained for a short epoch (the init checkpoint), made to fire."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         run = tmp_path_factory.mktemp("vanilla")
-        train(_cfg(tiny_cache, limit_train=16, robust_limit=0), run, device="cpu")
-        _make_active(run / "last.pt", tiny_cache)
+        train(_cfg(digits_cache, limit_train=16, robust_limit=0), run, device="cpu")
+        _make_active(run / "last.pt", digits_cache)
     finally:
         torch.set_num_threads(threads)
     return run / "last.pt"
 
 
 @pytest.fixture(scope="module")
-def fine_tuned(tiny_cache, trained, tmp_path_factory) -> Path:
+def fine_tuned(digits_cache, trained, tmp_path_factory) -> Path:
     """``trained`` fine-tuned in fixed point for one epoch with SR* (adversarial + SR)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         run = tmp_path_factory.mktemp("fixed")
-        train(_cfg(tiny_cache, defense="sr-star", lam=1e-4, lr=1e-3, init=str(trained), fixed_point=True), run,
+        train(_cfg(digits_cache, defense="sr-star", lam=1e-4, lr=1e-3, init=str(trained), fixed_point=True), run,
               device="cpu")
     finally:
         torch.set_num_threads(threads)
@@ -158,12 +158,12 @@ def test_integer_network_equals_pytorch_spike_for_spike(fine_tuned, tmp_path):
         assert 0.005 < s.mean() < 0.9, f"layer {k} fires at rate {s.mean():.4f}"
 
 
-def test_fixed_point_run_resumes_exactly(tiny_cache, trained, tmp_path, one_thread, monkeypatch):
+def test_fixed_point_run_resumes_exactly(digits_cache, trained, tmp_path, one_thread, monkeypatch):
     """Stopped after its first epoch and resumed, a fixed-point run reaches the weights of an
     uninterrupted one (the latent weights travel in the trainer state)."""
     from dvsguard.train import trainer as trainer_mod
 
-    cfg = _cfg(tiny_cache, epochs=2, limit_train=16, robust_limit=0, init=str(trained), fixed_point=True)
+    cfg = _cfg(digits_cache, epochs=2, limit_train=16, robust_limit=0, init=str(trained), fixed_point=True)
     train(cfg, tmp_path / "straight", device="cpu")
     original = trainer_mod.Trainer._train_epoch
 
@@ -186,7 +186,7 @@ def test_fixed_point_run_resumes_exactly(tiny_cache, trained, tmp_path, one_thre
             assert torch.equal(entry[key], other[key]), key
 
 
-def test_settings_and_checkpoints_that_cannot_fine_tune_are_one_line_errors(tiny_cache, trained, tmp_path, capsys):
+def test_settings_and_checkpoints_that_cannot_fine_tune_are_one_line_errors(digits_cache, trained, tmp_path, capsys):
     cases = [
         (["--fixed-point"], "give its checkpoint as init (--init CKPT)"),
         (["--fixed-point", "--init", str(trained), "--amp"], "runs in float32"),
@@ -195,7 +195,7 @@ def test_settings_and_checkpoints_that_cannot_fine_tune_are_one_line_errors(tiny
     ]
     for extra, message in cases:
         with pytest.raises(SystemExit) as exit_info:
-            main(["train", "--cache", str(tiny_cache), "--defense", "vanilla", "--out", str(tmp_path / "run"),
+            main(["train", "--cache", str(digits_cache), "--defense", "vanilla", "--out", str(tmp_path / "run"),
                   "--preset", "tiny", "--epochs", "1", *extra])
         assert exit_info.value.code == 1
         err = capsys.readouterr().err.strip()
@@ -217,26 +217,26 @@ def test_export_refuses_a_checkpoint_changed_after_fixed_point_training(fine_tun
         export_checkpoint(tmp_path / "short.pt", tmp_path / "out")
 
 
-def test_fine_tuning_a_fixed_point_checkpoint_keeps_its_grids(tiny_cache, fine_tuned, tmp_path, one_thread):
-    train(_cfg(tiny_cache, limit_train=8, robust_limit=0, init=str(fine_tuned), fixed_point=True), tmp_path / "again",
+def test_fine_tuning_a_fixed_point_checkpoint_keeps_its_grids(digits_cache, fine_tuned, tmp_path, one_thread):
+    train(_cfg(digits_cache, limit_train=8, robust_limit=0, init=str(fine_tuned), fixed_point=True), tmp_path / "again",
           device="cpu")
     before = load_checkpoint(fine_tuned)["fixed_point"]
     after = load_checkpoint(tmp_path / "again" / "last.pt")["fixed_point"]
     assert before == after
-    assert open_cache(tiny_cache).count_cap == after["input_scale"]
+    assert open_cache(digits_cache).count_cap == after["input_scale"]
 
 
-def test_fixed_point_needs_init_in_the_config(tiny_cache):
+def test_fixed_point_needs_init_in_the_config(digits_cache):
     with pytest.raises(ConfigError, match="give its checkpoint as init"):
-        _cfg(tiny_cache, fixed_point=True)
+        _cfg(digits_cache, fixed_point=True)
 
 
 @pytest.mark.slow
-def test_fine_tuned_digits_model_exports_with_full_agreement(digits_cache, tmp_path, one_thread):
+def test_fine_tuned_digits_model_exports_with_full_agreement(large_digits_cache, tmp_path, one_thread):
     """The small preset trained on simulated digits, fine-tuned in fixed point for one epoch:
     on the 200 test samples the integer network predicts what PyTorch predicts (≥ 99%), with
     no spike of any hidden layer different."""
-    base = dict(cache=str(digits_cache), preset="small", batch=24, augment=False, robust_limit=0, optimizer="adam")
+    base = dict(cache=str(large_digits_cache), preset="small", batch=24, augment=False, robust_limit=0, optimizer="adam")
     train(TrainConfig(defense="vanilla", epochs=6, lr=3e-3, **base), tmp_path / "vanilla", device="cpu")
     train(TrainConfig(defense="vanilla", epochs=1, lr=1e-4, init=str(tmp_path / "vanilla" / "best.pt"), fixed_point=True,
                       **base), tmp_path / "fixed", device="cpu")

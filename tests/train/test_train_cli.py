@@ -19,9 +19,9 @@ from dvsguard.cli import main
         (["--defense", "sr", "--epochs", "0"], 2, "--epochs: must be >= 1, got 0"),
     ],
 )
-def test_bad_settings_are_one_line_errors(extra, code, message, tiny_cache, tmp_path, capsys):
+def test_bad_settings_are_one_line_errors(extra, code, message, digits_cache, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--cache", str(tiny_cache), "--out", str(tmp_path / "run"), *extra])
+        main(["train", "--cache", str(digits_cache), "--out", str(tmp_path / "run"), *extra])
     assert exit_info.value.code == code
     err = capsys.readouterr().err.strip()
     assert err.startswith("dvsguard: error: ") and "\n" not in err

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from dvsguard.data.cache import split_path
+from dvsguard.data.dataset import FrameDataset
 from dvsguard.errors import ConfigError, TrainError
 from dvsguard.snn.checkpoint import load_checkpoint, load_model
 from dvsguard.snn.vgg import SpikingVGG
@@ -38,17 +40,39 @@ def _metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_train_writes_checkpoints_metrics_and_config(tiny_cache, tmp_path, one_thread):
+def test_train_writes_checkpoints_metrics_and_config(digits_cache, tmp_path, one_thread):
     run = tmp_path / "run"
-    result = train(_cfg(tiny_cache, defense="sr"), run, device="cpu")
+    cfg = _cfg(digits_cache, defense="sr", lam=0.01)
+    result = train(cfg, run, device="cpu")
     assert result["epochs"] == 2 and result["world"] == 1
     rows = _metrics(run)
     assert [r["epoch"] for r in rows] == [1, 2]
     for r in rows:
         assert r["train_n"] == 24 and r["test_n"] == 12 and r["robust_n"] == 6
-        assert 0.0 <= r["test_acc"] <= 1.0 and 0.0 <= r["robust_acc"] <= 1.0
-        assert r["train_loss"] > 0
+        # the logged loss is the sum of its logged terms: ce + λ·sr
+        assert r["train_loss"] == pytest.approx(r["train_ce"] + 0.01 * r["train_sr"], rel=1e-5)
     assert rows[1]["lr"] < rows[0]["lr"] == 0.1  # cosine schedule
+    # the last epoch's clean and FGSM accuracies, recomputed by hand from last.pt on the seeded
+    # test subsets (first 12 / first 6 of a permutation seeded by cfg.seed, in index order)
+    final, _ = load_model(run / "last.pt")
+    ds = FrameDataset(split_path(digits_cache, "test"))
+    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(cfg.seed))
+    clean_ok = robust_ok = 0
+    for limit, robust in ((12, False), (6, True)):
+        idx = perm[:limit].sort().values.tolist()
+        for i in range(0, limit, cfg.batch):
+            x = torch.stack([ds[j][0] for j in idx[i : i + cfg.batch]], dim=1)
+            y = torch.tensor([ds[j][1] for j in idx[i : i + cfg.batch]])
+            if robust:
+                xg = x.clone().requires_grad_(True)
+                torch.nn.functional.cross_entropy(final(xg), y).backward()
+                x = (x + cfg.eps * xg.grad.sign()).clamp(0.0, 1.0)
+            with torch.no_grad():
+                ok = int((final(x).argmax(1) == y).sum())
+            robust_ok, clean_ok = (robust_ok + ok, clean_ok) if robust else (robust_ok, clean_ok + ok)
+    ds.close()
+    assert rows[1]["test_acc"] == pytest.approx(clean_ok / 12)
+    assert rows[1]["robust_acc"] == pytest.approx(robust_ok / 6)
 
     last = load_checkpoint(run / "last.pt")  # weights_only=True inside
     assert last["epoch"] == 2 and last["train"]["defense"] == "sr"
@@ -57,8 +81,12 @@ def test_train_writes_checkpoints_metrics_and_config(tiny_cache, tmp_path, one_t
     assert last["data"]["framing"]["n_frames"] == 4
     state = last["trainer"]
     assert set(state) >= {"optimizer", "scheduler", "rng", "history", "best_acc"}
-    assert isinstance(state["rng"][0]["torch"], torch.Tensor)
-    assert isinstance(state["rng"][0]["generators"]["attack"], torch.Tensor)
+    assert state["history"] == rows and state["best_acc"] == max(r["test_acc"] for r in rows)
+    assert len(state["rng"]) == 1  # one entry per rank
+    torch.Generator().set_state(state["rng"][0]["generators"]["attack"])  # a usable generator state
+    before = torch.get_rng_state()
+    torch.set_rng_state(state["rng"][0]["torch"])  # a usable global generator state
+    torch.set_rng_state(before)
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2
 
     model, best = load_model(run / "best.pt")
@@ -70,35 +98,35 @@ def test_train_writes_checkpoints_metrics_and_config(tiny_cache, tmp_path, one_t
     assert config["train"]["defense"] == "sr" and config["train"]["weight_decay"] == 5e-4
 
 
-def test_rat_trains_without_weight_decay(tiny_cache, tmp_path, one_thread):
-    cfg = _cfg(tiny_cache, defense="rat", epochs=1)
+def test_rat_trains_without_weight_decay(digits_cache, tmp_path, one_thread):
+    cfg = _cfg(digits_cache, defense="rat", epochs=1)
     assert cfg.resolved_weight_decay == 0.0
     train(cfg, tmp_path / "rat", device="cpu")
     assert load_checkpoint(tmp_path / "rat" / "last.pt")["trainer"]["optimizer"]["param_groups"][0]["weight_decay"] == 0.0
     with pytest.raises(ConfigError, match="without weight decay"):
-        train(_cfg(tiny_cache, defense="rat", weight_decay=1e-4), tmp_path / "rat2", device="cpu")
+        train(_cfg(digits_cache, defense="rat", weight_decay=1e-4), tmp_path / "rat2", device="cpu")
 
 
-def test_adam_optimizer_trains_and_is_checkpointed(tiny_cache, tmp_path, one_thread):
+def test_adam_optimizer_trains_and_is_checkpointed(digits_cache, tmp_path, one_thread):
     with pytest.raises(ConfigError, match="optimizer 'rmsprop' is unknown"):
-        _cfg(tiny_cache, optimizer="rmsprop")
-    train(_cfg(tiny_cache, optimizer="adam", lr=1e-3, epochs=1), tmp_path / "adam", device="cpu")
+        _cfg(digits_cache, optimizer="rmsprop")
+    train(_cfg(digits_cache, optimizer="adam", lr=1e-3, epochs=1), tmp_path / "adam", device="cpu")
     state = load_checkpoint(tmp_path / "adam" / "last.pt")["trainer"]["optimizer"]
     assert state["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi)), abs=1e-12)
     assert any("exp_avg_sq" in s for s in state["state"].values())  # Adam's second moments, not SGD momentum
 
 
-def test_resume_refuses_other_settings_and_skips_finished_runs(tiny_cache, tmp_path, one_thread):
+def test_resume_refuses_other_settings_and_skips_finished_runs(digits_cache, tmp_path, one_thread):
     run = tmp_path / "run"
-    train(_cfg(tiny_cache, epochs=1), run, device="cpu")
+    train(_cfg(digits_cache, epochs=1), run, device="cpu")
     with pytest.raises(ConfigError, match="lr=0.05.*lr=0.1"):
-        train(_cfg(tiny_cache, epochs=1, lr=0.05), run, resume=True, device="cpu")
-    done = train(_cfg(tiny_cache, epochs=1), run, resume=True, device="cpu")
+        train(_cfg(digits_cache, epochs=1, lr=0.05), run, resume=True, device="cpu")
+    done = train(_cfg(digits_cache, epochs=1), run, resume=True, device="cpu")
     assert done["resumed_from"] == 1 and done["epochs"] == 1
     assert len(_metrics(run)) == 1
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_cache, tmp_path, one_thread, monkeypatch):
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(digits_cache, tmp_path, one_thread, monkeypatch):
     real = trainer_mod.make_defense
     calls = {"n": 0}
 
@@ -117,7 +145,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_cache, tmp_path,
     monkeypatch.setattr(trainer_mod, "make_defense", lambda *a, **k: Poisoned(real(*a, **k)))
     run = tmp_path / "run"
     with pytest.raises(TrainError, match=r"epoch 2 step 2: loss is nan .*last good checkpoint .*last\.pt is kept"):
-        train(_cfg(tiny_cache, epochs=3), run, device="cpu")
+        train(_cfg(digits_cache, epochs=3), run, device="cpu")
     assert load_checkpoint(run / "last.pt")["epoch"] == 1
     assert [r["epoch"] for r in _metrics(run)] == [1]
     _, best = load_model(run / "best.pt")
@@ -150,13 +178,13 @@ def _kill_in_epoch_2(args: list[str], run: Path, fraction: float) -> bool:
     return load_checkpoint(run / "last.pt")["epoch"] == 1
 
 
-def test_resume_after_sigkill_reaches_the_same_weights(tiny_cache, tmp_path, one_thread):
-    args = ["--cache", str(tiny_cache), "--defense", "pgd-at", "--pgd-steps", "2", "--preset", "tiny",
+def test_resume_after_sigkill_reaches_the_same_weights(digits_cache, tmp_path, one_thread):
+    args = ["--cache", str(digits_cache), "--defense", "pgd-at", "--pgd-steps", "2", "--preset", "tiny",
             "--epochs", "2", "--batch", "4", "--limit-train", "64", "--robust-limit", "4", "--limit-test", "8",
             "--seed", "3"]
     ref, run = tmp_path / "ref", tmp_path / "run"
     # the uninterrupted reference, in this process with the same single thread as the subprocesses
-    train(_cfg(tiny_cache, defense="pgd-at", pgd_steps=2, epochs=2, batch=4, limit_train=64, robust_limit=4,
+    train(_cfg(digits_cache, defense="pgd-at", pgd_steps=2, epochs=2, batch=4, limit_train=64, robust_limit=4,
                limit_test=8, seed=3, augment=True), ref, device="cpu")
 
     # Kill early in epoch 2's 16 steps. Epoch 1 includes warm-up, so its time only bounds epoch
@@ -186,13 +214,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_ddp_on_cpu_trains(tiny_cache, tmp_path):
+def test_two_process_ddp_on_cpu_trains(digits_cache, tmp_path):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     if torchrun is None:
         pytest.skip("torchrun is not installed beside this Python")
     run = tmp_path / "ddp"
     cmd = [torchrun, "--nnodes", "1", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), "-m", "dvsguard", "train", "--cache", str(tiny_cache),
+           "--master-port", str(_free_port()), "-m", "dvsguard", "train", "--cache", str(digits_cache),
            "--defense", "sr", "--preset", "tiny", "--epochs", "2", "--batch", "8", "--limit-train", "16",
            "--robust-limit", "4", "--device", "cpu", "--out", str(run), "--json"]
     out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
@@ -215,11 +243,12 @@ def test_two_process_ddp_on_cpu_trains(tiny_cache, tmp_path):
     assert all(moved)
 
 
-def test_bf16_autocast_run_trains_and_checkpoints_float32(tiny_cache, tmp_path, one_thread):
+def test_bf16_autocast_run_trains_and_checkpoints_float32(digits_cache, tmp_path, one_thread):
     run = tmp_path / "amp"
-    result = train(_cfg(tiny_cache, defense="sr-star", epochs=1, amp=True), run, device="cpu")
+    result = train(_cfg(digits_cache, defense="sr-star", lam=0.01, epochs=1, amp=True), run, device="cpu")
     assert result["epochs"] == 1
     model, payload = load_model(run / "last.pt")
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    assert torch.isfinite(torch.tensor(payload["metrics"]["train_loss"]))
-    assert {"train_ce", "train_sr"} <= set(payload["metrics"])
+    m = payload["metrics"]
+    assert math.isfinite(m["train_loss"])
+    assert m["train_loss"] == pytest.approx(m["train_ce"] + 0.01 * m["train_sr"], rel=1e-5)
