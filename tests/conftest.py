@@ -36,3 +36,76 @@ def digits_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = preprocess(str(root / "rec"), root / "cache", FramingConfig(n_frames=4, height=16, width=16),
                         workers=1, test_fraction=0.2, progress=False)
     return result.train
+
+
+TINY_PIPELINE = """
+[pipeline]
+name = "tiny"
+run_dir = "{run}"
+seed = 0
+
+[data]
+source = "synth"
+per_class = 6
+size = 16
+frames = 4
+cache_dir = "{cache}"
+workers = 1
+
+[[train]]
+name = "vanilla"
+defense = "vanilla"
+preset = "tiny"
+epochs = 1
+batch = 8
+augment = false
+robust_limit = 0
+
+[[train]]
+name = "sr"
+defense = "sr"
+preset = "tiny"
+epochs = 1
+batch = 8
+lam = 0.01
+augment = false
+robust_limit = 0
+
+[attack]
+attacks = ["clean", "fgsm", "pgd2"]
+eps = ["8/255", "16/255"]
+limit = 20
+batch = 4
+black_box = true
+
+[analyze]
+limit = 4
+eps = [0, "8/255"]
+mc_draws = 2
+adv_steps = 1
+fd_steps = [0.1]
+pgd_steps = 1
+batch = 4
+
+[export]
+model = "vanilla"
+compare = true
+
+[report]
+enabled = true
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tiny pipeline run in this process through every stage the runner chains (synth → preprocess →
+    train ×2 → attack white and black box → analyze → export with compare → report), once per session.
+
+    Returns ``run_pipeline``'s result (``run_dir``, ``stages``, ``results`` per stage).
+    """
+    from dvsguard.pipeline import load_pipeline, run_pipeline
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    path = root / "tiny.toml"
+    path.write_text(TINY_PIPELINE.format(run=root / "run", cache=root / "cache"))
+    return run_pipeline(load_pipeline(path))
