@@ -2,7 +2,8 @@
 
 ``make_attack("pgd10", eps=8/255)`` builds an attack by name; ``REGISTRY`` maps the standard names
 to factories ``factory(eps, **kw) -> Attack``. ``pgd<k>`` and ``apgd<k>`` work for any ``k``.
-The functions ``fgsm`` and ``pgd`` serve adversarial training.
+The functions ``fgsm(model, x, y, eps, ...)`` and ``pgd(...)`` are one-call forms of ``FGSM`` and ``PGD``
+(same arguments, same random start for the same seed).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dvsguard.attack.base import Attack, default_ids, input_gradient, project, sample_noise
+from dvsguard.attack.base import Attack, default_ids, input_gradient, project
 from dvsguard.errors import AttackError
 
 
@@ -77,7 +77,7 @@ class APGD(Attack):
             sub_ids = [ids[i] for i in todo.tolist()]
             start = xs
             if (self.random_start or restart > 0) and self.eps > 0:
-                noise = sample_noise(xs, "uniform", seed=self.seed, salt=self.salt, sample_ids=sub_ids, restart=restart)
+                noise = self.noise(xs, "uniform", sub_ids, restart)
                 start = xs + self.eps * noise
             x_run, fooled_run, loss_run = self._run(model, xs, ys, start)
             take = fooled_run | (loss_run > best[todo])

@@ -5,7 +5,8 @@ Shapes: frames ``x`` are ``[T, B, C, H, W]`` (time first), labels ``y`` are ``[B
 
 Randomness is per sample: the noise for sample ``i`` is drawn from a generator seeded from
 ``(seed, salt, sample_ids[i], restart)``, so an attack's result on one sample never depends on
-which other samples share its batch (the early-exit ensemble relies on this).
+which other samples share its batch (the early-exit ensemble relies on this). An attack given a
+``generator`` (adversarial training) draws the whole batch's noise from it instead.
 """
 
 from __future__ import annotations
@@ -189,7 +190,9 @@ class Attack:
 
     Subclasses set ``name`` and implement ``perturb``. During the call the model is in eval mode
     and, when ``grad_mode`` is set, its IF neurons use that gradient; both are restored afterwards.
-    ``sample_ids`` ``[B]`` (global indices of the batch's samples) key the per-sample noise.
+    ``sample_ids`` ``[B]`` (global indices of the batch's samples) key the per-sample noise, drawn
+    with :meth:`noise` from ``(seed, salt, sample id)``; with a ``generator`` the noise of the
+    whole batch is drawn from it instead (and ``seed``/``sample_ids`` do not matter).
     """
 
     name = "attack"
@@ -203,6 +206,7 @@ class Attack:
         grad_mode: Any = None,
         loss_fn: LossFn | None = None,
         seed: int = 0,
+        generator: torch.Generator | None = None,
     ) -> None:
         if not eps >= 0.0:
             raise AttackError(f"eps must be >= 0 (frame units), got {eps}")
@@ -211,6 +215,7 @@ class Attack:
         self.grad_mode = grad_mode
         self.loss_fn = loss_fn
         self.seed = int(seed)
+        self.generator = generator
 
     def with_mode(self, grad_mode: Any) -> Attack:
         """A copy of this attack that uses another gradient mode."""
@@ -222,6 +227,15 @@ class Attack:
     def salt(self) -> str:
         """Keys this attack's noise (so members of an ensemble draw different starts)."""
         return f"{self.name}|{self.grad_mode}"
+
+    def noise(
+        self, x: Tensor, kind: str, sample_ids: Tensor | Sequence[int] | None, restart: int = 0
+    ) -> Tensor:
+        """This attack's noise shaped like ``x`` ``[T, B, ...]`` (see :func:`sample_noise`), keyed by
+        ``(seed, salt, sample_ids[i], restart)``, or drawn from ``generator`` when it is set."""
+        return sample_noise(
+            x, kind, seed=self.seed, salt=self.salt, sample_ids=sample_ids, restart=restart, generator=self.generator
+        )
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, sample_ids: Tensor | Sequence[int] | None = None) -> Tensor:
         check_inputs(x, y, self.eps, self.value_range)

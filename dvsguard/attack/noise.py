@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from dvsguard.attack.base import Attack, sample_noise
+from dvsguard.attack.base import Attack
 
 
 class RandomNoise(Attack):
@@ -18,5 +18,10 @@ class RandomNoise(Attack):
     name = "random"
     uses_gradient = False
 
+    @property
+    def salt(self) -> str:
+        """Just the name: the noise does not depend on a gradient mode this attack never uses."""
+        return self.name
+
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, sample_ids: Tensor | Sequence[int] | None) -> Tensor:
-        return x + self.eps * sample_noise(x, "uniform", seed=self.seed, salt=self.name, sample_ids=sample_ids)
+        return x + self.eps * self.noise(x, "uniform", sample_ids)

@@ -12,16 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dvsguard.attack.base import (
-    Attack,
-    LossFn,
-    ValueRange,
-    attack_mode,
-    check_inputs,
-    input_gradient,
-    project,
-    sample_noise,
-)
+from dvsguard.attack.base import Attack, LossFn, ValueRange, input_gradient, project
 from dvsguard.errors import AttackError
 
 
@@ -49,42 +40,6 @@ def pgd_steps(
     return x_adv
 
 
-def pgd(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    eps: float,
-    alpha: float | None = None,
-    steps: int = 10,
-    random_start: bool = True,
-    value_range: ValueRange = (0.0, 1.0),
-    generator: torch.Generator | None = None,
-    loss_fn: LossFn | None = None,
-    *,
-    eval_mode: bool = True,
-    grad_mode: Any = None,
-    seed: int = 0,
-    sample_ids: Tensor | Sequence[int] | None = None,
-) -> Tensor:
-    """PGD-``steps`` with step ``alpha`` (default 2.5·ε/steps) from a uniform random start in the ε-cube.
-
-    ``x``: frames ``[T, B, C, H, W]``; ``y``: ``[B]``; ε, α in frame units. The random start is drawn
-    from ``generator`` for the whole batch when given (training), else per sample from
-    ``(seed, sample_ids[i])``. The model is in eval mode during the attack unless
-    ``eval_mode=False``; its modes are restored afterwards. Returns a detached tensor like ``x``.
-    """
-    check_inputs(x, y, eps, value_range)
-    if steps < 1:
-        raise AttackError(f"PGD needs at least one step, got steps={steps}")
-    alpha = default_alpha(eps, steps) if alpha is None else float(alpha)
-    x = x.detach()
-    start = x
-    if random_start and eps > 0:
-        start = x + eps * sample_noise(x, "uniform", seed=seed, salt="pgd", sample_ids=sample_ids, generator=generator)
-    with attack_mode(model, grad_mode, evaluate=eval_mode):
-        return pgd_steps(model, x, start, y, eps, alpha, steps, value_range, loss_fn)
-
-
 class PGD(Attack):
     """Projected gradient descent with ``steps`` steps of size ``alpha`` and a random start."""
 
@@ -102,8 +57,39 @@ class PGD(Attack):
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, sample_ids: Tensor | Sequence[int] | None) -> Tensor:
         start = x
         if self.random_start and self.eps > 0:
-            start = x + self.eps * sample_noise(x, "uniform", seed=self.seed, salt=self.salt, sample_ids=sample_ids)
+            start = x + self.eps * self.noise(x, "uniform", sample_ids)
         return pgd_steps(model, x, start, y, self.eps, self.alpha, self.steps, self.value_range, self.loss_fn)
 
     def __repr__(self) -> str:
         return f"PGD(eps={self.eps:.5g}, steps={self.steps}, alpha={self.alpha:.5g}, random_start={self.random_start})"
+
+
+def pgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    alpha: float | None = None,
+    steps: int = 10,
+    random_start: bool = True,
+    value_range: ValueRange = (0.0, 1.0),
+    generator: torch.Generator | None = None,
+    loss_fn: LossFn | None = None,
+    *,
+    grad_mode: Any = None,
+    seed: int = 0,
+    sample_ids: Tensor | Sequence[int] | None = None,
+) -> Tensor:
+    """``PGD(eps, steps, alpha, random_start, ...)(model, x, y, sample_ids)``, so the same seed gives the same start.
+
+    ``x``: frames ``[T, B, C, H, W]``; ``y``: ``[B]``; ε, α in frame units (α default 2.5·ε/steps).
+    The uniform random start in the ε-cube is drawn from ``generator`` for the whole batch when
+    given (training), else per sample from ``(seed, sample_ids[i])`` exactly as the class draws
+    it. The model is in eval mode during the attack; its modes are restored afterwards. Returns a
+    detached tensor like ``x``.
+    """
+    attack = PGD(
+        eps, steps=steps, alpha=alpha, random_start=random_start, value_range=value_range,
+        grad_mode=grad_mode, loss_fn=loss_fn, seed=seed, generator=generator,
+    )
+    return attack(model, x, y, sample_ids)

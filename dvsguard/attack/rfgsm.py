@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from dvsguard.attack.base import Attack, input_gradient, project, sample_noise
+from dvsguard.attack.base import Attack, input_gradient, project
 from dvsguard.errors import AttackError
 
 
@@ -23,7 +23,7 @@ class RFGSM(Attack):
             raise AttackError(f"RFGSM needs 0 <= alpha <= eps, got alpha={self.alpha}, eps={self.eps}")
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, sample_ids: Tensor | Sequence[int] | None) -> Tensor:
-        noise = sample_noise(x, "normal", seed=self.seed, salt=self.salt, sample_ids=sample_ids)
+        noise = self.noise(x, "normal", sample_ids)
         x_rand = project(x + self.alpha * noise.sign(), x, self.eps, self.value_range)
         grad, _, _ = input_gradient(model, x_rand, y, self.loss_fn)
         return x_rand + (self.eps - self.alpha) * grad.sign()

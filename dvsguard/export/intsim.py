@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,12 +192,141 @@ def dense_effective(weight: np.ndarray) -> tuple[np.ndarray, int]:
     return w, weight_exp
 
 
+@dataclass
+class ReadState:
+    """What the layer readers share while :func:`load_netx` walks the layer groups in order.
+
+    Attributes:
+        bits: message bits of the input events (0 = binary).
+        input_shape: ``(C, H, W)`` of the ``input`` layer, once read.
+        shape: output shape of the last layer read (the next layer's input shape).
+        flatten: a ``flatten`` marker is pending for the next dense layer.
+        layers: the conv/dense layers read so far.
+    """
+
+    bits: int
+    input_shape: tuple[int, ...] | None = None
+    shape: tuple[int, ...] | None = None
+    flatten: bool = False
+    layers: list[SimLayer] = field(default_factory=list)
+
+
+Reader = Callable[[h5py.Group, ReadState, str], None]
+"""``reader(group, state, where)``: read one layer group into ``state``; ``where`` names the group in errors."""
+
+
+def _shape(g: h5py.Group) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.asarray(g["shape"][()]).reshape(-1))
+
+
+def read_input(g: h5py.Group, r: ReadState, where: str) -> None:
+    """``input`` layer: the frame shape (C, H, W); input neurons are not supported."""
+    if "neuron" in g:
+        raise ExportError(f"{where}: input neurons are not supported by the simulator")
+    r.input_shape = r.shape = _shape(g)
+
+
+def read_flatten(g: h5py.Group, r: ReadState, where: str) -> None:
+    """``flatten`` marker: the next dense layer reads its (C, H, W) input flattened."""
+    r.flatten = True
+
+
+def _synapse_layer(g: h5py.Group, r: ReadState, where: str) -> tuple[tuple[int, ...], np.ndarray, dict[str, Any]]:
+    """Checks and fields a conv and a dense layer share: (input shape, stored weights, SimLayer keywords)."""
+    if r.shape is None:
+        raise ExportError(f"{where}: no input layer before it")
+    if "delay" in g:
+        raise ExportError(f"{where}: synaptic delays are not supported")
+    neuron = g["neuron"]
+    ntype = _str(neuron["type"])
+    if ntype not in ("CUBA", "LOIHI"):
+        raise ExportError(f"{where}: neuron type {ntype!r} is not supported")
+    if "messageBits" in neuron and int(neuron["messageBits"][()]) > 0:
+        raise ExportError(f"{where}: graded output spikes are not supported")
+    out_shape = _shape(g)
+    weight = g["weight"][()].astype(int)
+    bias = g["bias"][()].astype(int) if "bias" in g else np.zeros(out_shape[0], dtype=int)
+    common = dict(
+        bias=bias.astype(np.int64),
+        vth=int(neuron["vThMant"][()]),
+        i_decay=int(neuron["iDecay"][()]),
+        v_decay=int(neuron["vDecay"][()]),
+        out_shape=out_shape,
+        graded=(len(r.layers) == 0 and r.bits > 0),
+    )
+    return r.shape, weight, common
+
+
+def read_conv(g: h5py.Group, r: ReadState, where: str) -> None:
+    """``conv`` layer: kernel ``[out, in, kh, kw]`` used as stored, stride and padding (y, x)."""
+    shape, weight, common = _synapse_layer(g, r, where)
+    if len(shape) != 3:
+        raise ExportError(f"{where}: conv after a flat layer")
+    if "dilation" in g and _pair_yx(g["dilation"][()]) != (1, 1):
+        raise ExportError(f"{where}: dilation is not supported")
+    if "groups" in g and int(np.asarray(g["groups"][()]).reshape(-1)[0]) != 1:
+        raise ExportError(f"{where}: groups are not supported")
+    weight = weight.reshape(weight.shape[:4])
+    layer = SimLayer(
+        kind="conv",
+        weight=weight.astype(np.int64),
+        in_shape=shape,
+        stride=_pair_yx(g["stride"][()]),
+        padding=_pair_yx(g["padding"][()]),
+        **common,
+    )
+    c, h, w = shape
+    kh, kw = weight.shape[2:]
+    expect = (
+        weight.shape[0],
+        (h + 2 * layer.padding[0] - kh) // layer.stride[0] + 1,
+        (w + 2 * layer.padding[1] - kw) // layer.stride[1] + 1,
+    )
+    if weight.shape[1] != c or expect != layer.out_shape:
+        raise ExportError(f"{where}: shape {layer.out_shape} does not follow from input {shape} and kernel {weight.shape}")
+    r.layers.append(layer)
+    r.shape = layer.out_shape
+
+
+def read_dense(g: h5py.Group, r: ReadState, where: str) -> None:
+    """``dense`` layer: weights ``[out, in]`` as Lava's fixed-point Dense uses them (:func:`dense_effective`)."""
+    shape, weight, common = _synapse_layer(g, r, where)
+    out_shape = common["out_shape"]
+    n_in = int(np.prod(shape))
+    if weight.ndim == 1:
+        weight = weight.reshape(int(np.prod(out_shape)), -1)
+    if weight.shape != (int(np.prod(out_shape)), n_in):
+        raise ExportError(f"{where}: weight {weight.shape} does not match input {shape} → {out_shape}")
+    eff, exp = dense_effective(weight)
+    layer = SimLayer(
+        kind="dense",
+        weight=eff,
+        weight_exp=exp,
+        in_shape=(n_in,),
+        flatten=r.flatten or len(shape) > 1,
+        **common,
+    )
+    r.flatten = False
+    r.layers.append(layer)
+    r.shape = layer.out_shape
+
+
+#: netx layer type → reader (the reverse of :data:`dvsguard.export.netx.WRITERS`).
+READERS: dict[str, Reader] = {
+    "input": read_input,
+    "flatten": read_flatten,
+    "conv": read_conv,
+    "dense": read_dense,
+}
+
+
 def load_netx(path: str | os.PathLike[str], input_bits: int | None = None) -> SimNet:
     """Read a netx HDF5 file into a :class:`SimNet`.
 
     input_bits: message bits of the input events (default: the file's ``input_bits``
     attribute, else 0 = binary). Raises ExportError on layer types or options that netx
     or this simulator does not run (pool, average, recurrent, delays, input neurons…).
+    Each layer group is read by the :data:`READERS` entry of its ``type``.
     """
     path = Path(path)
     try:
@@ -208,97 +338,21 @@ def load_netx(path: str | os.PathLike[str], input_bits: int | None = None) -> Si
         if "layer" not in f:
             raise ExportError(f"{path}: no 'layer' group (not a netx file)")
         groups = f["layer"]
-        bits = int(attrs.get("input_bits", 0) if input_bits is None else input_bits)
-        layers: list[SimLayer] = []
-        input_shape: tuple[int, ...] | None = None
-        shape: tuple[int, ...] | None = None
-        flatten = False
+        reading = ReadState(bits=int(attrs.get("input_bits", 0) if input_bits is None else input_bits))
         for i in range(len(groups)):
             if str(i) not in groups:
                 raise ExportError(f"{path}: layer group '{i}' is missing")
             g = groups[str(i)]
             kind = _str(g["type"])
             where = f"{path}: layer {i} ({kind})"
-            if kind == "input":
-                if "neuron" in g:
-                    raise ExportError(f"{where}: input neurons are not supported by the simulator")
-                input_shape = tuple(int(v) for v in np.asarray(g["shape"][()]).reshape(-1))
-                shape = input_shape
-                continue
-            if kind == "flatten":
-                flatten = True
-                continue
-            if kind not in ("conv", "dense"):
+            if kind not in READERS:
                 raise ExportError(f"{where}: layer type {kind!r} is not supported")
-            if shape is None:
-                raise ExportError(f"{where}: no input layer before it")
-            if "delay" in g:
-                raise ExportError(f"{where}: synaptic delays are not supported")
-            neuron = g["neuron"]
-            ntype = _str(neuron["type"])
-            if ntype not in ("CUBA", "LOIHI"):
-                raise ExportError(f"{where}: neuron type {ntype!r} is not supported")
-            if "messageBits" in neuron and int(neuron["messageBits"][()]) > 0:
-                raise ExportError(f"{where}: graded output spikes are not supported")
-            out_shape = tuple(int(v) for v in np.asarray(g["shape"][()]).reshape(-1))
-            weight = g["weight"][()].astype(int)
-            bias = g["bias"][()].astype(int) if "bias" in g else np.zeros(out_shape[0], dtype=int)
-            common = dict(
-                bias=bias.astype(np.int64),
-                vth=int(neuron["vThMant"][()]),
-                i_decay=int(neuron["iDecay"][()]),
-                v_decay=int(neuron["vDecay"][()]),
-                out_shape=out_shape,
-                graded=(len(layers) == 0 and bits > 0),
-            )
-            if kind == "conv":
-                if len(shape) != 3:
-                    raise ExportError(f"{where}: conv after a flat layer")
-                if "dilation" in g and _pair_yx(g["dilation"][()]) != (1, 1):
-                    raise ExportError(f"{where}: dilation is not supported")
-                if "groups" in g and int(np.asarray(g["groups"][()]).reshape(-1)[0]) != 1:
-                    raise ExportError(f"{where}: groups are not supported")
-                weight = weight.reshape(weight.shape[:4])
-                layer = SimLayer(
-                    kind="conv",
-                    weight=weight.astype(np.int64),
-                    in_shape=shape,
-                    stride=_pair_yx(g["stride"][()]),
-                    padding=_pair_yx(g["padding"][()]),
-                    **common,
-                )
-                c, h, w = shape
-                kh, kw = weight.shape[2:]
-                expect = (
-                    weight.shape[0],
-                    (h + 2 * layer.padding[0] - kh) // layer.stride[0] + 1,
-                    (w + 2 * layer.padding[1] - kw) // layer.stride[1] + 1,
-                )
-                if weight.shape[1] != c or expect != out_shape:
-                    raise ExportError(f"{where}: shape {out_shape} does not follow from input {shape} and kernel {weight.shape}")
-            else:
-                n_in = int(np.prod(shape))
-                if weight.ndim == 1:
-                    weight = weight.reshape(int(np.prod(out_shape)), -1)
-                if weight.shape != (int(np.prod(out_shape)), n_in):
-                    raise ExportError(f"{where}: weight {weight.shape} does not match input {shape} → {out_shape}")
-                eff, exp = dense_effective(weight)
-                layer = SimLayer(
-                    kind="dense",
-                    weight=eff,
-                    weight_exp=exp,
-                    in_shape=(n_in,),
-                    flatten=flatten or len(shape) > 1,
-                    **common,
-                )
-                flatten = False
-            layers.append(layer)
-            shape = out_shape
-        if input_shape is None:
+            READERS[kind](g, reading, where)
+        if reading.input_shape is None:
             raise ExportError(f"{path}: no input layer")
-        if not layers:
+        if not reading.layers:
             raise ExportError(f"{path}: no conv or dense layer")
-    return SimNet(path=path, input_shape=input_shape, layers=layers, attrs=attrs)
+    return SimNet(path=path, input_shape=reading.input_shape, layers=reading.layers, attrs=attrs)
 
 
 # --------------------------------------------------------------------------- synapses

@@ -122,7 +122,7 @@ def write_dense(group: h5py.Group, net: QuantizedNet, layer: QLayer | None) -> N
 
 Writer = Callable[[h5py.Group, QuantizedNet, "QLayer | None"], None]
 
-#: netx layer type → writer.
+#: netx layer type → writer (read back by :data:`dvsguard.export.intsim.READERS`).
 WRITERS: dict[str, Writer] = {
     "input": write_input,
     "flatten": write_flatten,

@@ -5,6 +5,10 @@ range ``[lo, hi)``, walking time inside blocks of columns so that the membrane o
 stays in cache and every tensor is read or written once. The kernels release the GIL and
 are run on ``torch.get_num_threads()`` Python threads, one column range each.
 
+The backward kernels are compiled once per surrogate kind, from the kind's float32 scalar
+formula in :data:`dvsguard.snn.surrogate.SURROGATES` (so the formula is a compile-time constant
+of its kernel, not a branch in the inner loop).
+
 numba is a dependency of tonic (through librosa). If it cannot be imported, or
 ``DVSGUARD_NO_NUMBA=1`` is set, :func:`available` is False and the neuron uses torch ops.
 """
@@ -19,9 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from dvsguard.snn.surrogate import SURROGATES, ScalarGrad
+
 log = logging.getLogger(__name__)
 
-KIND_CODES = {"triangle": 0, "sigmoid": 1, "atan": 2}
 BF16_ONE = 0x3F80  # bit pattern of 1.0 in bfloat16
 _BLOCK = 1024
 _MIN_PARALLEL = 1 << 16  # columns below which one thread does all
@@ -39,19 +44,9 @@ def _build() -> dict[str, object] | None:
         log.info("numba unavailable (%s); IF neuron uses torch ops", e)
         return None
 
-    njit = numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")
+    from numba.extending import register_jitable
 
-    @numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy", inline="always")
-    def surrogate(d, kind, g):  # pragma: no cover - compiled
-        """∂s/∂u at d = u − θ: triangle (kind 0), sigmoid (1) or arctan (2) of width g."""
-        f0, f1 = np.float32(0.0), np.float32(1.0)
-        if kind == 0:
-            return max(g - abs(d), f0) * (f1 / (g * g))
-        if kind == 1:
-            sig = f1 / (f1 + np.exp(-g * d))
-            return g * sig * (f1 - sig)
-        a = (np.float32(np.pi / 2) * g) * d
-        return (g / np.float32(2.0)) / (f1 + a * a)
+    njit = numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")
 
     @njit
     def fwd(x, s, u, theta, one, zero, keep_u, lo, hi):  # pragma: no cover - compiled
@@ -74,25 +69,6 @@ def _build() -> dict[str, object] | None:
                     spike = v >= theta
                     sr[k] = one if spike else zero
                     m[k] = f0 if spike else v
-
-    @njit
-    def bwd(u, gs, gx, theta, kind, gamma, lo, hi):  # pragma: no cover - compiled
-        T = u.shape[0]
-        gm = np.zeros(_BLOCK, np.float32)
-        f0 = np.float32(0.0)
-        g = np.float32(gamma)
-        for j0 in range(lo, hi, _BLOCK):
-            j1 = min(j0 + _BLOCK, hi)
-            n = j1 - j0
-            gm[:] = f0
-            for t in range(T - 1, -1, -1):
-                ur, gsr, gxr = u[t, j0:j1], gs[t, j0:j1], gx[t, j0:j1]
-                for k in range(n):
-                    v = ur[k]
-                    m = gm[k]
-                    gv = (gsr[k] - m * v) * surrogate(v - theta, kind, g) + (m if v < theta else f0)
-                    gxr[k] = gv
-                    gm[k] = gv
 
     @njit
     def fwd_bf16(x16, s16, u, theta, keep_u, lo, hi):  # pragma: no cover - compiled
@@ -121,34 +97,65 @@ def _build() -> dict[str, object] | None:
                     sr[k] = one if spike else zero
                     m[k] = f0 if spike else v
 
-    @njit
-    def bwd_bf16(u, gs16, gx16, theta, kind, gamma, lo, hi):  # pragma: no cover - compiled
-        """As bwd, with ∂L/∂s read and ∂L/∂I written as bf16 (round to nearest even)."""
-        T = u.shape[0]
-        gm = np.zeros(_BLOCK, np.float32)
-        bits = np.zeros(_BLOCK, np.uint32)
-        val = bits.view(np.float32)
-        f0 = np.float32(0.0)
-        g = np.float32(gamma)
-        for j0 in range(lo, hi, _BLOCK):
-            j1 = min(j0 + _BLOCK, hi)
-            n = j1 - j0
-            gm[:] = f0
-            for t in range(T - 1, -1, -1):
-                ur, gsr, gxr = u[t, j0:j1], gs16[t, j0:j1], gx16[t, j0:j1]
-                for k in range(n):
-                    bits[k] = (np.uint32(gsr[k]) & np.uint32(0xFFFF)) << np.uint32(16)
-                for k in range(n):
-                    v = ur[k]
-                    m = gm[k]
-                    gv = (val[k] - m * v) * surrogate(v - theta, kind, g) + (m if v < theta else f0)
-                    gm[k] = gv
-                    val[k] = gv
-                for k in range(n):
-                    b = bits[k]
-                    gxr[k] = np.int16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+    def backward_kernels(surrogate: ScalarGrad) -> tuple[object, object]:
+        """(float32, bfloat16) BPTT kernels with the surrogate ``surrogate(d, g)`` built in."""
 
-    return {"fwd": fwd, "bwd": bwd, "fwd_bf16": fwd_bf16, "bwd_bf16": bwd_bf16}
+        @njit
+        def bwd(u, gs, gx, theta, gamma, lo, hi):  # pragma: no cover - compiled
+            """float32 membrane u and ∂L/∂s gs in, ∂L/∂I written to gx (all float32)."""
+            T = u.shape[0]
+            gm = np.zeros(_BLOCK, np.float32)
+            f0 = np.float32(0.0)
+            g = np.float32(gamma)
+            for j0 in range(lo, hi, _BLOCK):
+                j1 = min(j0 + _BLOCK, hi)
+                n = j1 - j0
+                gm[:] = f0
+                for t in range(T - 1, -1, -1):
+                    ur, gsr, gxr = u[t, j0:j1], gs[t, j0:j1], gx[t, j0:j1]
+                    for k in range(n):
+                        v = ur[k]
+                        m = gm[k]
+                        gv = (gsr[k] - m * v) * surrogate(v - theta, g) + (m if v < theta else f0)
+                        gxr[k] = gv
+                        gm[k] = gv
+
+        @njit
+        def bwd_bf16(u, gs16, gx16, theta, gamma, lo, hi):  # pragma: no cover - compiled
+            """As bwd, with ∂L/∂s read and ∂L/∂I written as bf16 (round to nearest even)."""
+            T = u.shape[0]
+            gm = np.zeros(_BLOCK, np.float32)
+            bits = np.zeros(_BLOCK, np.uint32)
+            val = bits.view(np.float32)
+            f0 = np.float32(0.0)
+            g = np.float32(gamma)
+            for j0 in range(lo, hi, _BLOCK):
+                j1 = min(j0 + _BLOCK, hi)
+                n = j1 - j0
+                gm[:] = f0
+                for t in range(T - 1, -1, -1):
+                    ur, gsr, gxr = u[t, j0:j1], gs16[t, j0:j1], gx16[t, j0:j1]
+                    for k in range(n):
+                        bits[k] = (np.uint32(gsr[k]) & np.uint32(0xFFFF)) << np.uint32(16)
+                    for k in range(n):
+                        v = ur[k]
+                        m = gm[k]
+                        gv = (val[k] - m * v) * surrogate(v - theta, g) + (m if v < theta else f0)
+                        gm[k] = gv
+                        val[k] = gv
+                    for k in range(n):
+                        b = bits[k]
+                        gxr[k] = np.int16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+
+        return bwd, bwd_bf16
+
+    bwd: dict[str, tuple[object, object]] = {}
+    for name, spec in SURROGATES.items():
+        if spec.scalar is not None:
+            register_jitable(inline="always")(spec.scalar)
+            bwd[name] = backward_kernels(spec.scalar)
+
+    return {"fwd": fwd, "fwd_bf16": fwd_bf16, "bwd": bwd}
 
 
 def available() -> bool:
@@ -214,19 +221,20 @@ def forward(x: torch.Tensor, threshold: float, keep_u: bool, out_dtype: torch.dt
 
 
 def backward(u: torch.Tensor, grad_s: torch.Tensor, threshold: float, kind: str, gamma: float) -> torch.Tensor:
-    """Fused BPTT: ∂L/∂I ``[T, ...]`` from the saved float32 membrane u and ∂L/∂s. With a
+    """Fused BPTT: ∂L/∂I ``[T, ...]`` from the saved float32 membrane u and ∂L/∂s (both ``[T, ...]``),
+    with the surrogate of ``kind`` (a per-step kind of :data:`SURROGATES`) of width ``gamma``. With a
     bfloat16 ∂L/∂s the result is bfloat16 (computed in float32, rounded once), else float32."""
-    kernels = _state["kernels"]
+    bwd, bwd_bf16 = _state["kernels"]["bwd"][kind]  # type: ignore[index]
     T = u.shape[0]
     if grad_s.dtype == torch.bfloat16:
         n = u[0].numel()
         gs16 = grad_s.contiguous()
         gx16 = torch.empty(u.shape, dtype=torch.bfloat16)
-        _run(kernels["bwd_bf16"], n, u.reshape(T, n).numpy(), gs16.view(torch.int16).reshape(T, n).numpy(),  # type: ignore[index]
-             gx16.view(torch.int16).reshape(T, n).numpy(), np.float32(threshold), KIND_CODES[kind], np.float32(gamma))
+        _run(bwd_bf16, n, u.reshape(T, n).numpy(), gs16.view(torch.int16).reshape(T, n).numpy(),
+             gx16.view(torch.int16).reshape(T, n).numpy(), np.float32(threshold), np.float32(gamma))
         return gx16
     gs = grad_s.float().contiguous()
     gx = torch.empty_like(u)
-    _run(kernels["bwd"], u[0].numel(), u.reshape(T, -1).numpy(), gs.reshape(T, -1).numpy(),  # type: ignore[index]
-         gx.reshape(T, -1).numpy(), np.float32(threshold), KIND_CODES[kind], np.float32(gamma))
+    _run(bwd, u[0].numel(), u.reshape(T, -1).numpy(), gs.reshape(T, -1).numpy(),
+         gx.reshape(T, -1).numpy(), np.float32(threshold), np.float32(gamma))
     return gx

@@ -181,7 +181,7 @@ def if_spikes(x: torch.Tensor, mode: GradientMode = TRIANGLE, threshold: float =
         x = x.float()
     if not (torch.is_grad_enabled() and x.requires_grad):
         return _forward(x, threshold, False, out_dtype)[0]
-    if mode.kind == "rga":
+    if not mode.surrogate.per_step:
         return _IFRate.apply(x, threshold, out_dtype)
     return _IFSurrogate.apply(x, mode, threshold, out_dtype)
 
@@ -206,7 +206,7 @@ def if_reference(x: torch.Tensor, mode: GradientMode = TRIANGLE, threshold: floa
 
     Surrogate modes only; x ``[T, B, ...]`` → spikes ``[T, B, ...]``.
     """
-    if mode.kind == "rga":
+    if not mode.surrogate.per_step:
         raise ConfigError("if_reference: rga has no per-step form; compare with surrogate.rate_grad")
     mem = torch.zeros_like(x[0])
     out = []

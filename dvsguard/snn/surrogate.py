@@ -16,20 +16,99 @@ The forward spike function is always the Heaviside step ``s = H(u − θ)`` (a s
     function of its time-averaged input current ī; see :func:`rate_grad`. ``gamma`` is
     not used by this mode.
 
-All functions here are pure tensor maths; :mod:`dvsguard.snn.neuron` applies them.
+Every kind is one entry of :data:`SURROGATES` (name → :class:`Surrogate`): its default γ, its
+derivative as tensor maths (:func:`surrogate_grad`, the torch loops of :mod:`dvsguard.snn.neuron`)
+and the same formula on float32 scalars (compiled by :mod:`dvsguard.snn.kernels`). A new kind
+is added there and nowhere else. All functions here are pure maths; :mod:`dvsguard.snn.neuron`
+applies them.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
 
+import numpy as np
 import torch
 
 from dvsguard.errors import ConfigError
 
-KINDS: tuple[str, ...] = ("triangle", "sigmoid", "atan", "rga")
+TensorGrad = Callable[[torch.Tensor, float], torch.Tensor]
+"""``grad(x, γ) -> ∂s/∂u`` at ``x = u − θ`` (any shape, x's dtype); may reuse its own temporaries."""
+ScalarGrad = Callable[[np.float32, np.float32], np.float32]
+"""``scalar(d, γ) -> ∂s/∂u`` at ``d = u − θ`` on float32 scalars: numpy scalar maths that numba can
+compile (no torch), defined at module level so numba's on-disk cache can key on it by name."""
+
+
+@dataclass(frozen=True)
+class Surrogate:
+    """One kind of gradient mode.
+
+    Attributes:
+        name: the kind's name in :class:`GradientMode` and its string form.
+        default_gamma: γ of a bare ``"kind"`` (the paper's value).
+        grad: the per-step surrogate on tensors; None for a kind that has none (the rate
+            gradient ``rga``, which ignores γ; see :func:`rate_grad`).
+        scalar: the same surrogate on float32 scalars, for the compiled kernels (None with ``grad``).
+    """
+
+    name: str
+    default_gamma: float
+    grad: TensorGrad | None = None
+    scalar: ScalarGrad | None = None
+
+    def __post_init__(self) -> None:
+        if (self.grad is None) != (self.scalar is None):
+            raise ValueError(f"surrogate {self.name!r}: give both the tensor and the scalar formula, or neither")
+
+    @property
+    def per_step(self) -> bool:
+        """True for a per-step surrogate, False for the rate gradient."""
+        return self.grad is not None
+
+
+def _triangle(x: torch.Tensor, g: float) -> torch.Tensor:
+    return (g - x.abs()).clamp_(min=0.0).mul_(1.0 / (g * g))
+
+
+def _triangle_scalar(d: np.float32, g: np.float32) -> np.float32:
+    f0, f1 = np.float32(0.0), np.float32(1.0)
+    return max(g - abs(d), f0) * (f1 / (g * g))
+
+
+def _sigmoid(x: torch.Tensor, g: float) -> torch.Tensor:
+    sig = torch.sigmoid(x * g)
+    return sig.mul_(1.0 - sig).mul_(g)
+
+
+def _sigmoid_scalar(d: np.float32, g: np.float32) -> np.float32:
+    f1 = np.float32(1.0)
+    sig = f1 / (f1 + np.exp(-g * d))
+    return g * sig * (f1 - sig)
+
+
+def _atan(x: torch.Tensor, g: float) -> torch.Tensor:
+    return (x * (math.pi / 2 * g)).square_().add_(1.0).reciprocal_().mul_(g / 2)
+
+
+def _atan_scalar(d: np.float32, g: np.float32) -> np.float32:
+    a = (np.float32(np.pi / 2) * g) * d
+    return (g / np.float32(2.0)) / (np.float32(1.0) + a * a)
+
+
+SURROGATES: dict[str, Surrogate] = {
+    s.name: s
+    for s in (
+        Surrogate("triangle", 1.0, _triangle, _triangle_scalar),
+        Surrogate("sigmoid", 4.0, _sigmoid, _sigmoid_scalar),
+        Surrogate("atan", 2.0, _atan, _atan_scalar),
+        Surrogate("rga", 1.0),
+    )
+}
+"""The gradient-mode kinds by name, in the order the docs and error messages list them."""
+
+KINDS: tuple[str, ...] = tuple(SURROGATES)
 
 
 @dataclass(frozen=True)
@@ -37,15 +116,13 @@ class GradientMode:
     """How the backward pass differentiates the spike function.
 
     Attributes:
-        kind: one of ``"triangle"``, ``"sigmoid"``, ``"atan"``, ``"rga"``.
+        kind: a name in :data:`SURROGATES` (``"triangle"``, ``"sigmoid"``, ``"atan"``, ``"rga"``).
         gamma: width/sharpness γ of the surrogate (> 0, in membrane-potential units for
             ``triangle``; an inverse width for ``sigmoid``/``atan``). Ignored by ``rga``.
     """
 
     kind: str
     gamma: float = 1.0
-
-    DEFAULT_GAMMA: ClassVar[dict[str, float]] = {"triangle": 1.0, "sigmoid": 4.0, "atan": 2.0, "rga": 1.0}
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -54,6 +131,11 @@ class GradientMode:
         if not math.isfinite(gamma) or gamma <= 0:
             raise ConfigError(f"gradient mode {self.kind}: gamma must be a finite number > 0, got {self.gamma!r}")
         object.__setattr__(self, "gamma", gamma)
+
+    @property
+    def surrogate(self) -> Surrogate:
+        """This mode's entry in :data:`SURROGATES`."""
+        return SURROGATES[self.kind]
 
     @classmethod
     def parse(cls, text: str) -> "GradientMode":
@@ -69,7 +151,7 @@ class GradientMode:
         if kind not in KINDS:
             raise ConfigError(f"gradient mode {text!r}: unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
         if not sep:
-            return cls(kind, cls.DEFAULT_GAMMA[kind])
+            return cls(kind, SURROGATES[kind].default_gamma)
         try:
             gamma = float(gamma_text)
         except ValueError:
@@ -77,8 +159,8 @@ class GradientMode:
         return cls(kind, gamma)
 
     def __str__(self) -> str:
-        if self.kind == "rga":
-            return "rga"
+        if not self.surrogate.per_step:
+            return self.kind
         return f"{self.kind}:{self.gamma:g}"
 
 
@@ -93,16 +175,12 @@ def surrogate_grad(x: torch.Tensor, mode: GradientMode) -> torch.Tensor:
     """∂s/∂u evaluated at ``x = u − θ`` for a per-step surrogate mode (any shape).
 
     Raises ConfigError for ``rga``, which has no per-step surrogate.
+    The result has x's shape and dtype.
     """
-    g = mode.gamma
-    if mode.kind == "triangle":
-        return (g - x.abs()).clamp_(min=0.0).mul_(1.0 / (g * g))
-    if mode.kind == "sigmoid":
-        sig = torch.sigmoid(x * g)
-        return sig.mul_(1.0 - sig).mul_(g)
-    if mode.kind == "atan":
-        return (x * (math.pi / 2 * g)).square_().add_(1.0).reciprocal_().mul_(g / 2)
-    raise ConfigError(f"gradient mode {mode}: no per-step surrogate (use rate_grad)")
+    grad = mode.surrogate.grad
+    if grad is None:
+        raise ConfigError(f"gradient mode {mode}: no per-step surrogate (use rate_grad)")
+    return grad(x, mode.gamma)
 
 
 def rate_grad(i_mean: torch.Tensor, threshold: float = 1.0) -> torch.Tensor:

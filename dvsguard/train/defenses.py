@@ -2,12 +2,14 @@
 
 A defense has ``loss(model, x, y) -> (loss, logits)`` with ``x [T, B, 2, H, W]`` in frame
 units, ``y [B]``, a scalar loss and the logits ``[B, K]`` of the batch it trained on (the
-adversarial batch for adversarial training), plus ``after_step(model)`` called after each
-optimizer step. SR defenses also keep ``last_terms`` (``{"ce", "sr"}`` of the last batch, detached)
-for logging. Adversarial examples are made with the model in eval mode (BatchNorm uses
-running statistics) and the model's mode is restored before the loss pass.
+adversarial batch for adversarial training), ``after_step(model)`` called after each
+optimizer step, and ``last_terms``: the named loss terms of the last batch (detached scalars;
+``{"ce", "sr"}`` for the SR defenses, empty for the others) for logging. Adversarial examples
+are made with the model in eval mode (BatchNorm uses running statistics) and the model's mode
+is restored before the loss pass.
 
-Names: ``vanilla``, ``sr``, ``fgsm-at``, ``pgd-at``, ``sr-star``, ``rat``.
+Names (:data:`DEFENSES`, name → class): ``vanilla``, ``sr``, ``fgsm-at``, ``pgd-at``, ``sr-star``
+(SR with an adversary), ``rat``.
 
 Units: the defaults (ε = 2/255, h = 0.01, λ = 0.002) are the paper's DVS settings, applied here
 to frames in ``count / count_cap``. The authors' CIFAR10-DVS frames were raw event counts
@@ -24,7 +26,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from dvsguard.attack import fgsm, pgd
+from dvsguard.attack import FGSM, PGD, Attack
 from dvsguard.attack.pgd import default_alpha
 from dvsguard.errors import ConfigError
 from dvsguard.train.losses import SR_FORMS, cross_entropy, sparsity_regularizer
@@ -37,12 +39,12 @@ DEFAULT_PGD_STEPS = 5
 VALUE_RANGE = (0.0, 1.0)
 
 
-
 class Defense(Protocol):
-    """What the trainer needs from a defense."""
+    """What the trainer needs from a defense: its loss, a hook after each step, the last loss terms."""
 
     name: str
     weight_decay_allowed: bool
+    last_terms: dict[str, Tensor]
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]: ...
 
@@ -76,23 +78,25 @@ class AdversarySpec:
 class Adversary:
     """Makes adversarial examples for training with a fixed spec and its own generator.
 
-    Uses :func:`dvsguard.attack.fgsm` / :func:`dvsguard.attack.pgd`; the model (unwrapped from
+    The attack is :class:`dvsguard.attack.FGSM` or :class:`dvsguard.attack.PGD` (its random start
+    drawn from ``generator`` for the whole batch); the model (unwrapped from
     DistributedDataParallel) is in eval mode during the attack and its modes are restored.
     """
 
     def __init__(self, spec: AdversarySpec, generator: torch.Generator | None = None) -> None:
         self.spec = spec
-        self.generator = generator
+        self.attack: Attack
+        if spec.kind == "fgsm":
+            self.attack = FGSM(spec.eps, value_range=spec.value_range)
+        else:
+            self.attack = PGD(
+                spec.eps, steps=spec.steps, alpha=spec.step_size, random_start=spec.random_start,
+                value_range=spec.value_range, generator=generator,
+            )
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        s = self.spec
-        net = unwrap(model)
-        if s.kind == "fgsm":
-            return fgsm(net, x, y, s.eps, s.value_range)
-        return pgd(
-            net, x, y, s.eps, alpha=s.step_size, steps=s.steps, random_start=s.random_start,
-            value_range=s.value_range, generator=self.generator,
-        )
+        """Adversarial frames shaped like ``x`` ``[T, B, ...]`` (detached) for labels ``y`` ``[B]``."""
+        return self.attack(unwrap(model), x, y)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -109,6 +113,7 @@ class Vanilla:
 
     name: str = "vanilla"
     weight_decay_allowed: bool = True
+    last_terms: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         logits = model(x)
@@ -120,17 +125,23 @@ class Vanilla:
 
 @dataclass
 class SparsityRegularization:
-    """``CE(f(x), y) + λ·R(x)``: Algorithm 1; the CE reuses the first pass's logits."""
+    """``CE(f(x'), y) + λ·R(x')``: Algorithm 1; the CE reuses the first pass's logits.
+
+    ``x' = x`` without an adversary (``sr``); with one, ``x'`` is its adversarial batch and both
+    terms are taken on it (``sr-star``, SR*: adversarial training plus SR).
+    """
 
     lam: float = DEFAULT_LAMBDA
     h: float = DEFAULT_H
     form: str = "sq"
+    adversary: Adversary | None = None
     name: str = "sr"
     weight_decay_allowed: bool = True
-
     last_terms: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        if self.adversary is not None:
+            x = self.adversary(model, x, y)
         reg, logits = sparsity_regularizer(model, x, y, h=self.h, form=self.form)  # type: ignore[arg-type]
         ce = cross_entropy(logits, y)
         self.last_terms = {"ce": ce.detach(), "sr": reg.detach()}
@@ -147,35 +158,12 @@ class AdversarialTraining:
     adversary: Adversary
     name: str = "fgsm-at"
     weight_decay_allowed: bool = True
+    last_terms: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         x_adv = self.adversary(model, x, y)
         logits = model(x_adv)
         return cross_entropy(logits, y), logits
-
-    def after_step(self, model: nn.Module) -> None:
-        return None
-
-
-@dataclass
-class SRStar:
-    """Adversarial training plus SR: CE and the SR term both on the adversarial batch."""
-
-    adversary: Adversary
-    lam: float = DEFAULT_LAMBDA
-    h: float = DEFAULT_H
-    form: str = "sq"
-    name: str = "sr-star"
-    weight_decay_allowed: bool = True
-
-    last_terms: dict[str, Tensor] = field(default_factory=dict, repr=False)
-
-    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        x_adv = self.adversary(model, x, y)
-        reg, logits = sparsity_regularizer(model, x_adv, y, h=self.h, form=self.form)  # type: ignore[arg-type]
-        ce = cross_entropy(logits, y)
-        self.last_terms = {"ce": ce.detach(), "sr": reg.detach()}
-        return ce + self.lam * reg, logits
 
     def after_step(self, model: nn.Module) -> None:
         return None
@@ -202,6 +190,7 @@ class RAT:
     beta: float = DEFAULT_BETA
     name: str = "rat"
     weight_decay_allowed: bool = False
+    last_terms: dict[str, Tensor] = field(default_factory=dict, repr=False)
     _at: AdversarialTraining = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -215,7 +204,16 @@ class RAT:
             parseval_retraction(w, self.beta)
 
 
-DEFENSES = ("vanilla", "sr", "fgsm-at", "pgd-at", "sr-star", "rat")
+DEFENSES: dict[str, type[Defense]] = {
+    "vanilla": Vanilla,
+    "sr": SparsityRegularization,
+    "fgsm-at": AdversarialTraining,
+    "pgd-at": AdversarialTraining,
+    "sr-star": SparsityRegularization,
+    "rat": RAT,
+}
+"""Defense name → the class :func:`make_defense` builds for it: ``sr-star`` is SR with an adversary,
+``fgsm-at``/``pgd-at`` are adversarial training with an FGSM/PGD adversary."""
 
 
 def make_defense(
@@ -259,14 +257,12 @@ def make_defense(
         spec = AdversarySpec(kind=kind, eps=eps, steps=pgd_steps, alpha=pgd_alpha, value_range=value_range)
         return Adversary(spec, generator)
 
-    if name == "vanilla":
+    cls = DEFENSES[name]
+    if cls is Vanilla:
         return Vanilla()
-    if name == "sr":
-        return SparsityRegularization(lam=lam, h=h, form=sr_form)
-    if name == "fgsm-at":
-        return AdversarialTraining(adversary("fgsm"), name="fgsm-at")
-    if name == "pgd-at":
-        return AdversarialTraining(adversary("pgd"), name="pgd-at")
-    if name == "sr-star":
-        return SRStar(adversary(attack or "fgsm"), lam=lam, h=h, form=sr_form)
-    return RAT(adversary("fgsm"), beta=beta)
+    if cls is SparsityRegularization:
+        adv = adversary(attack or "fgsm") if name == "sr-star" else None
+        return SparsityRegularization(lam=lam, h=h, form=sr_form, adversary=adv, name=name)
+    if cls is RAT:
+        return RAT(adversary("fgsm"), beta=beta)
+    return AdversarialTraining(adversary("pgd" if name == "pgd-at" else "fgsm"), name=name)

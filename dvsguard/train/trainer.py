@@ -439,7 +439,7 @@ class Trainer:
             stats.correct += float((logits.detach().argmax(1) == y).sum())
             stats.seen += y.numel()
             stats.steps += 1
-            for name, value in getattr(self.defense, "last_terms", {}).items():
+            for name, value in self.defense.last_terms.items():
                 stats.term_sums[name] = stats.term_sums.get(name, 0.0) + float(value) * y.numel()
         return stats
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dvsguard.attack import REGISTRY, fgsm, make_attack, pgd
+from dvsguard.attack import FGSM, PGD, REGISTRY, fgsm, make_attack, pgd
 from dvsguard.attack.apgd import checkpoints
 from dvsguard.attack.ensemble import Ensemble
 from dvsguard.errors import AttackError
@@ -95,6 +95,23 @@ def test_pgd_generator_draws_the_batch(tiny, batch) -> None:
     b = pgd(tiny, x, y, EPS, steps=2, generator=torch.Generator().manual_seed(0))
     c = pgd(tiny, x, y, EPS, steps=2, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_pgd_function_and_class_draw_the_same_random_start(tiny, batch) -> None:
+    """Same seed, same start: with α = 0 the attack returns its (projected) random start."""
+    x, y = batch
+    ids = [7, 3, 11, 0, 5, 2]
+    start = pgd(tiny, x, y, EPS, alpha=0.0, steps=1, seed=5, sample_ids=ids)
+    assert not torch.equal(start, x)
+    assert torch.equal(start, PGD(EPS, steps=1, alpha=0.0, seed=5)(tiny, x, y, sample_ids=ids))
+    assert torch.equal(start, make_attack("pgd1", EPS, alpha=0.0, seed=5)(tiny, x, y, sample_ids=ids))
+    assert not torch.equal(start, pgd(tiny, x, y, EPS, alpha=0.0, steps=1, seed=6, sample_ids=ids))
+    from_gen = pgd(tiny, x, y, EPS, alpha=0.0, steps=1, generator=torch.Generator().manual_seed(2))
+    by_class = PGD(EPS, steps=1, alpha=0.0, generator=torch.Generator().manual_seed(2))(tiny, x, y)
+    assert torch.equal(from_gen, by_class)
+    # the full attack too, and FGSM (no randomness) both ways
+    assert torch.equal(pgd(tiny, x, y, EPS, steps=3, seed=5), PGD(EPS, steps=3, seed=5)(tiny, x, y))
+    assert torch.equal(fgsm(tiny, x, y, EPS), FGSM(EPS)(tiny, x, y))
 
 
 def test_bad_inputs_are_attack_errors(tiny, batch) -> None:

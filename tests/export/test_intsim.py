@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dvsguard.errors import ExportError
-from dvsguard.export.intsim import compare, dense_effective, frame_aligned, load_netx, simulate, stream
-from dvsguard.export.netx import write_netx
+from dvsguard.export.intsim import READERS, compare, dense_effective, frame_aligned, load_netx, simulate, stream
+from dvsguard.export.netx import WRITERS, write_netx
 from dvsguard.export.quantize import QuantizedNet, quantize_model
 from dvsguard.snn import IFNeuron, SpikingVGG, if_spikes
 
@@ -134,6 +134,10 @@ def test_dense_weights_pass_netx_rescaling_exactly(weight: np.ndarray) -> None:
     for _ in range(20):
         s = rng.integers(0, 2, size=weight.shape[1])
         assert (eff @ s) >> -exp == weight @ s
+
+
+def test_simulator_reads_every_layer_type_the_exporter_writes() -> None:
+    assert list(READERS) == list(WRITERS)
 
 
 def test_simulator_refuses_what_it_cannot_run(tmp_path: Path) -> None:

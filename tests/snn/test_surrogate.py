@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,8 +14,10 @@ from dvsguard.snn.surrogate import (
     PAPER_ENSEMBLE,
     RGA,
     SIGMOID,
+    SURROGATES,
     TRIANGLE,
     GradientMode,
+    Surrogate,
     rate_grad,
     surrogate_grad,
 )
@@ -99,3 +102,28 @@ def test_rga_has_no_per_step_surrogate() -> None:
 def test_rate_grad_is_half_on_0_2() -> None:
     i = torch.tensor([-0.5, -1e-6, 0.0, 0.3, 1.0, 1.7, 2.0, 2.000001, 5.0], dtype=torch.float64)
     assert rate_grad(i).tolist() == [0.0, 0.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("kind", list(SURROGATES))
+def test_registry_gives_the_bare_kind_its_default_gamma(kind: str) -> None:
+    mode = GradientMode.parse(kind)
+    assert mode.surrogate is SURROGATES[kind]
+    assert mode.gamma == SURROGATES[kind].default_gamma
+
+
+@pytest.mark.parametrize("kind", [k for k, s in SURROGATES.items() if s.per_step])
+@pytest.mark.parametrize("gamma", [0.4, 1.0, 4.0])
+def test_scalar_formula_equals_tensor_formula(kind: str, gamma: float) -> None:
+    """The float32 scalar form (compiled into the kernels) is the tensor form of the same kind."""
+    spec = SURROGATES[kind]
+    assert spec.grad is not None and spec.scalar is not None
+    x = torch.tensor(U, dtype=torch.float32) - 1.0
+    want = spec.grad(x.clone(), gamma)
+    got = torch.tensor([float(spec.scalar(np.float32(v), np.float32(gamma))) for v in x.tolist()])
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_surrogate_needs_both_formulas_or_neither() -> None:
+    spec = SURROGATES["triangle"]
+    with pytest.raises(ValueError):
+        Surrogate("half", 1.0, grad=spec.grad)

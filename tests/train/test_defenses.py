@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -132,11 +134,32 @@ def test_rat_retracts_conv_and_linear_weights_after_a_step(tiny_net):
 
 
 def test_registry_names_and_errors():
-    assert DEFENSES == ("vanilla", "sr", "fgsm-at", "pgd-at", "sr-star", "rat")
-    for name in DEFENSES:
-        assert make_defense(name).name == name
+    assert tuple(DEFENSES) == ("vanilla", "sr", "fgsm-at", "pgd-at", "sr-star", "rat")
+    for name, cls in DEFENSES.items():
+        defense = make_defense(name)
+        assert defense.name == name and isinstance(defense, cls)
+        assert defense.last_terms == {}
     with pytest.raises(ConfigError, match="defense 'trades' is unknown"):
         make_defense("trades")
     with pytest.raises(ConfigError, match="sr-form"):
         make_defense("sr", sr_form="l2")
     assert make_defense("sr-star", attack="pgd").adversary.spec.kind == "pgd"  # type: ignore[attr-defined]
+    assert make_defense("sr-star").adversary.spec.kind == "fgsm"  # type: ignore[attr-defined]
+    assert make_defense("sr").adversary is None  # type: ignore[attr-defined]
+
+
+def test_sr_star_is_sr_on_the_adversarial_batch(tiny_net, frames):
+    """SR* = SR whose CE and SR terms are both taken on its adversary's examples."""
+    torch.manual_seed(0)
+    net = tiny_net()
+    twin = copy.deepcopy(net)  # the losses update BatchNorm's running statistics
+    x, y = frames
+    star = make_defense("sr-star", attack="pgd", pgd_steps=2, generator=torch.Generator().manual_seed(4))
+    loss, logits = star.loss(net, x, y)
+    at = make_defense("pgd-at", pgd_steps=2, generator=torch.Generator().manual_seed(4))
+    x_adv = at.adversary(twin, x, y)  # type: ignore[attr-defined]
+    sr = make_defense("sr")
+    want, want_logits = sr.loss(twin, x_adv, y)
+    assert torch.equal(loss, want) and torch.equal(logits, want_logits)
+    assert star.last_terms.keys() == {"ce", "sr"}
+    assert all(torch.equal(star.last_terms[k], sr.last_terms[k]) for k in ("ce", "sr"))

@@ -142,6 +142,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(digits_cache, tmp_pat
         def after_step(self, model):
             self.inner.after_step(model)
 
+        @property
+        def last_terms(self):
+            return self.inner.last_terms
+
     monkeypatch.setattr(trainer_mod, "make_defense", lambda *a, **k: Poisoned(real(*a, **k)))
     run = tmp_path / "run"
     with pytest.raises(TrainError, match=r"epoch 2 step 2: loss is nan .*last good checkpoint .*last\.pt is kept"):
