@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from dvsguard.errors import ConfigError
+from dvsguard.units import eps_label
 
 log = logging.getLogger(__name__)
 
@@ -172,14 +173,11 @@ def fmt(v: Any) -> str:
 
 
 def eps_text(v: Any) -> str:
-    """ε in frame units, as ``k/255`` when it is one (``0.0313…`` → ``8/255``), else 4 digits."""
+    """ε (or a list of them) in frame units as :func:`dvsguard.units.eps_label` writes it; other values as :func:`fmt`."""
     if isinstance(v, (list, tuple)):
         return ", ".join(eps_text(e) for e in v)
     if isinstance(v, (int, float)) and not isinstance(v, bool):
-        k = v * 255
-        if v > 0 and abs(k - round(k)) < 1e-6:
-            return f"{round(k)}/255"
-        return f"{v:.4g}"
+        return eps_label(float(v))
     return fmt(v)
 
 
