@@ -62,16 +62,6 @@ def per_sample(g: Tensor) -> Tensor:
     return g.detach().transpose(0, 1).reshape(g.shape[1], -1).double()
 
 
-def l1_norm(g: Tensor) -> Tensor:
-    """‖g‖₁ per sample ``[B]`` (float64)."""
-    return per_sample(g).abs().sum(dim=1)
-
-
-def l2_norm(g: Tensor) -> Tensor:
-    """‖g‖₂ per sample ``[B]`` (float64)."""
-    return per_sample(g).pow(2).sum(dim=1).sqrt()
-
-
 def l0_norm(g: Tensor, tol: float = DEFAULT_L0_TOL, relative: bool = True) -> Tensor:
     """‖g‖₀ per sample ``[B]`` (int64): the number of components with ``|g_i| > tol·max|g|``.
 

@@ -21,6 +21,7 @@ A stage's ``seed`` defaults to the pipeline's ``seed``.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ from dvsguard.errors import ConfigError
 from dvsguard.stages.base import Option, coerce, fields
 
 REQUIRED = object()
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+"""A [[train]] name: one folder name inside the run directory (no separators, no '..')."""
 
 OWN_KEYS: dict[str, dict[str, tuple[type, Any]]] = {
     "pipeline": {"name": (str, REQUIRED), "run_dir": (str, None), "seed": (int, 0)},
@@ -125,6 +128,10 @@ def _train_tables(file: Path, raw: dict[str, Any]) -> list[dict[str, Any]]:
         raise ConfigError(f"{file}: [[train]] must be an array of tables")
     trains = [check_section(file, "train", f"train.{i}", t) for i, t in enumerate(tables)]
     names = [t["name"] for t in trains]
+    for i, name in enumerate(names):
+        if not PLAIN_NAME.fullmatch(name):
+            raise ConfigError(f"{file}: [train.{i}] key 'name': {name!r} is not a plain name (letters, digits, '.', "
+                              f"'_', '-'; no path separators): runs are folders of the run directory")
     if len(set(names)) != len(names):
         raise ConfigError(f"{file}: [[train]] names must be unique, got {names}")
     for i, t in enumerate(trains):

@@ -72,6 +72,20 @@ def base_type(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def _number(value: Any, tp: type, where: str) -> int | float:
+    """An int (no float, no boolean) or a float (int or float, not NaN) from a value or its text."""
+    expected = "an integer" if tp is int else "a number"
+    if isinstance(value, str):
+        try:
+            value = tp(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected {expected}, got {value!r}") from None
+    allowed = (int,) if tp is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, allowed) or value != value:
+        raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+    return tp(value)
+
+
 def _scalar(value: Any, tp: Any, opt: Option, where: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
@@ -79,23 +93,8 @@ def _scalar(value: Any, tp: Any, opt: Option, where: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, str):
-            try:
-                value = int(value)
-            except ValueError:
-                raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    elif tp is float:
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        value = float(value)
+    if tp in (int, float):
+        value = _number(value, tp, where)
     elif tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")

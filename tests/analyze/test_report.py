@@ -25,49 +25,25 @@ def _png(path: Path) -> Path:
     return save_png(vulnerability_figure({"m": {"eps": [0, 0.1], "random": [90, 80], "fgsm": [90, 10]}}), path)
 
 
-def _metrics(path: Path, n: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [{"epoch": i + 1, "lr": 0.1, "train_loss": 2.3 - 0.3 * i, "train_acc": 0.1 + 0.2 * i, "train_n": 540,
-             "test_acc": 0.1 + 0.15 * i, "test_n": 60, "robust_acc": 0.05 * i, "seconds": 10.0, "best_test_acc": 0.1 + 0.15 * i}
-            for i in range(n)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
 @pytest.fixture()
-def run_dir(tmp_path: Path) -> Path:
+def run_dir(tiny_run: dict, tmp_path: Path) -> Path:
+    """A copy of the tiny pipeline run folder: what the stages really wrote (tests may add to it)."""
     run = tmp_path / "run"
-    for name, defense in (("vanilla", "vanilla"), ("sr", "sr")):
-        _metrics(run / "train" / name / "metrics.jsonl", 3)
-        (run / "train" / name / "config.json").write_text(json.dumps({
-            "train": {"defense": defense, "preset": "small", "epochs": 3, "lam": 0.002 if defense == "sr" else None},
-            "data": {"framing": {"n_frames": 8, "height": 32, "width": 32, "count_cap": 15},
-                     "classes": ["digit0", "digit1"], "value_range": [0.0, 1.0], "cache": "c.h5"}}))
-    att = run / "attack" / "vanilla"
-    att.mkdir(parents=True)
-    (att / "attack.json").write_text(json.dumps({"checkpoint": "train/vanilla/best.pt", "n_samples": 60, "seed": 0,
-                                                 "eps": [8 / 255], "results": [], "table": TABLE}))
-    (att / "attack.md").write_text("# Robust accuracy\n\n" + TABLE + "\n")
-    _png(att / "robust_vs_eps.png")
-    (run / "analyze").mkdir()
-    (run / "analyze" / "analysis.json").write_text(json.dumps({
-        "settings": {"theory_eps": 2 / 255, "mc_draws": 32, "adv_steps": 5, "l0_tol": 1e-6},
-        "samples": {"n": 60, "source": "test.h5"},
-        "models": {"vanilla": {"defense": "vanilla", "lam": 0.0, "summary": {
-            "clean_acc": 80.0, "pgd_acc": 5.0, "mean_l1": 0.5, "mean_l2": 0.01, "median_ratio_pred": 900.0,
-            "median_ratio_emp": 120.0, "theorem": {"bounds_emp_rate": 0.9, "ratio": {"spearman": 0.4}},
-            "finite_difference": {"0.01": {"spearman": 0.7}, "0.001": {"spearman": 0.8}}}}}}))
-    _png(run / "analyze" / "vulnerability.png")
-    (run / "export").mkdir()
-    (run / "export" / "vanilla.json").write_text(json.dumps({
-        "format": "dvsguard-netx-manifest/1", "net": "vanilla.net", "time_steps": 8, "classes": ["digit0", "digit1"],
-        "layers": [{"index": 0, "kind": "conv", "neurons": 4096}, {"index": 1, "kind": "dense", "neurons": 10}]}))
-    (run / "pipeline_state.json").write_text(json.dumps({"stages": {
-        "preprocess": {"fingerprint": "x", "started": 1.0, "finished": 4.5, "result": {"train": "c.h5"}},
-        "train:vanilla": {"fingerprint": "y", "started": 5.0, "finished": 50.0, "result": {}},
-        "export": {"fingerprint": "z", "started": 60.0, "finished": 70.0,
-                   "result": {"compare": {"agreement": 1.0, "n": 60}, "verify": {"identical": True, "n": 2}}},
-        "report": {"fingerprint": "w", "started": 80.0, "finished": None, "result": None}}}))
+    shutil.copytree(tiny_run["run_dir"], run)
+    for stale in ("report.html", "report.md", "report_files"):
+        path = run / stale
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     return run
+
+
+def _stage_pngs(run: Path) -> list[Path]:
+    """The figures the attack and analyze stages wrote."""
+    return sorted(run.glob("attack/*/robust_vs_eps.png")) + sorted(run.glob("analyze/*.png"))
+
+
+def _attack_rows(run: Path, model: str) -> list[str]:
+    """The table rows (``| FGSM | 12.50 | ... |``) the attack stage wrote for ``model``."""
+    return json.loads((run / "attack" / model / "attack.json").read_text())["table"].splitlines()[2:]
 
 
 def _img_srcs(page: str) -> list[str]:
@@ -79,20 +55,25 @@ def test_full_run_report_embeds_every_image(run_dir: Path) -> None:
     assert result["sections"] == ["Run", "Training", "Robustness", "Analysis", "Export"]
     page = Path(result["html"]).read_text()
     srcs = _img_srcs(page)
-    assert len(srcs) == result["images"] == 4  # 2 training curves, robust_vs_eps, vulnerability
-    for src in srcs:
-        assert src.startswith("data:image/png;base64,")
-        assert base64.b64decode(src.split(",", 1)[1])[:8] == PNG_MAGIC
+    n_train = len(list(run_dir.glob("train/*/metrics.jsonl")))
+    assert len(srcs) == result["images"] == n_train + len(_stage_pngs(run_dir))  # one training-curve figure per run
+    embedded = {base64.b64decode(src.split(",", 1)[1]) for src in srcs if src.startswith("data:image/png;base64,")}
+    assert len(embedded) == len(srcs)
+    assert {p.read_bytes() for p in _stage_pngs(run_dir)} <= embedded  # the stages' own PNGs, byte for byte
     assert "<script" not in page
-    for text in ("78.80", "PGD50", "train:vanilla", "vanilla.net", "Verification in Lava", "identical", "900"):
-        assert text in page
+    state = json.loads((run_dir / "pipeline_state.json").read_text())["stages"]
+    agreement = state["export"]["result"]["compare"]["agreement"]
+    for text in ("train:vanilla", "vanilla.net", f"{agreement:.4g}"):
+        assert text in page, text
     md = Path(result["markdown"]).read_text()
+    for model in ("vanilla", "sr"):
+        for row in _attack_rows(run_dir, model):
+            assert row in md, row
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert len(links) == 4
+    assert len(links) == len(srcs)
     for link in links:
         assert not Path(link).is_absolute()
         assert (run_dir / link).read_bytes()[:8] == PNG_MAGIC
-    assert "| Clean | 78.80 | — |" in md
 
 
 def test_training_run_folder_alone(run_dir: Path) -> None:
@@ -107,16 +88,20 @@ def test_training_run_folder_alone(run_dir: Path) -> None:
 
 
 def test_analysis_beside_a_checkpoint_in_a_pipeline_run(run_dir: Path) -> None:
+    before = build_report(run_dir)["images"]
     _png(run_dir / "train" / "sr" / "analysis" / "theorem.png")
     result = build_report(run_dir)
     assert result["sections"] == ["Run", "Training", "Robustness", "Analysis", "Analysis: sr", "Export"]
-    assert result["images"] == 5
+    assert result["images"] == before + 1
 
 
-def test_a_run_with_only_training(tmp_path: Path) -> None:
-    _metrics(tmp_path / "run" / "train" / "a" / "metrics.jsonl", 2)
-    (tmp_path / "run" / "train" / "a" / "metrics.jsonl").open("a").write('{"epoch": 3, "train_lo')  # a write in progress
-    result = build_report(tmp_path / "run")
+def test_a_run_with_only_training_and_a_metrics_line_being_written(run_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "only" / "train" / "a"
+    folder.mkdir(parents=True)
+    shutil.copy(run_dir / "train" / "vanilla" / "metrics.jsonl", folder / "metrics.jsonl")
+    with (folder / "metrics.jsonl").open("a") as fh:
+        fh.write('{"epoch": 2, "train_lo')  # a write in progress
+    result = build_report(tmp_path / "only")
     assert result["sections"] == ["Run", "Training"]
     assert result["images"] == 1
 
@@ -170,8 +155,8 @@ def test_report_opens_in_headless_chromium(run_dir: Path) -> None:
                              capture_output=True, text=True, timeout=180, env={**os.environ, "HOME": profile})
     assert dom.returncode == 0, dom.stderr[-2000:]
     srcs = _img_srcs(dom.stdout)
-    assert len(srcs) == 4 and all(s.startswith("data:image/png;base64,") for s in srcs)
-    assert "78.80" in dom.stdout
+    assert len(srcs) == len(_img_srcs(html_path.read_text())) and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert _attack_rows(run_dir, "sr")[0].split(" | ")[1] in dom.stdout  # a figure of the attack table
     assert _console_errors(dom.stderr) == []
     # the same harness does see console errors and non-embedded images on a bad page
     bad = run_dir / "bad.html"

@@ -70,6 +70,9 @@ def test_table2_plan_has_four_defenses() -> None:
         (lambda t: t + "\n[attack]\neps = ['8/0']\n", "[attack] key 'eps'"),
         (lambda t: t.replace("per_class = 2", "per_class = true"), "[data] key 'per_class': expected an integer"),
         (lambda t: t + "\n[pipeline2\n", "not valid TOML"),
+        (lambda t: t.replace('name = "a"', 'name = "/tmp/elsewhere"'), "[train.0] key 'name': '/tmp/elsewhere' is not a plain name"),
+        (lambda t: t.replace('name = "a"', 'name = "../../x"'), "[train.0] key 'name': '../../x' is not a plain name"),
+        (lambda t: t.replace("epochs = 1", "epochs = 1\nweight_decay = -1.0"), "[train.0] key 'weight_decay': must be >= 0"),
     ],
 )
 def test_invalid_files_name_file_and_key(tmp_path: Path, edit, expected: str) -> None:
