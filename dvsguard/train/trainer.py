@@ -523,7 +523,14 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
     Returns a summary (paths written, epochs run, best and final accuracies). Raises
     TrainError on a nan/inf loss (the last good checkpoint stays), ConfigError on bad
     settings, CacheError/CheckpointError on bad files.
+
+    torch's global settings that training changes (intra-op threads; deterministic algorithms
+    on the CPU) are restored on return, so that what runs next in the same process (the
+    pipeline runner's next stage) computes as it would in a process of its own.
     """
+    saved_threads = torch.get_num_threads()
+    saved_deterministic = (torch.are_deterministic_algorithms_enabled(),
+                           torch.is_deterministic_algorithms_warn_only_enabled())
     if threads is not None:
         torch.set_num_threads(threads)
     ctx = dist_utils.setup(device)
@@ -531,3 +538,5 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
         return Trainer(cfg, out_dir, workers=workers, ctx=ctx).run(resume=resume)
     finally:
         dist_utils.teardown(ctx)
+        torch.use_deterministic_algorithms(saved_deterministic[0], warn_only=saved_deterministic[1])
+        torch.set_num_threads(saved_threads)

@@ -256,3 +256,11 @@ def test_bf16_autocast_run_trains_and_checkpoints_float32(digits_cache, tmp_path
     m = payload["metrics"]
     assert math.isfinite(m["train_loss"])
     assert m["train_loss"] == pytest.approx(m["train_ce"] + 0.01 * m["train_sr"], rel=1e-5)
+
+
+def test_train_leaves_torch_settings_as_it_found_them(digits_cache, tmp_path):
+    """Training in-process (as the pipeline runner does) must not change how later stages compute."""
+    before = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
+    assert before[0] is False
+    train(_cfg(digits_cache, epochs=1), tmp_path / "run", threads=1)
+    assert (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()) == before
