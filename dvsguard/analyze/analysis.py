@@ -29,7 +29,14 @@ import torch
 from torch import Tensor, nn
 
 from dvsguard.analyze import stats
-from dvsguard.analyze.gradients import DEFAULT_L0_TOL, gradient_norms, true_label_gradient, within_bounds
+from dvsguard.analyze.gradients import (
+    DEFAULT_L0_TOL,
+    GradientNorms,
+    TrueLabelGradient,
+    gradient_norms,
+    true_label_gradient,
+    within_bounds,
+)
 from dvsguard.analyze.vulnerability import finite_difference, rho_adv, rho_rand
 from dvsguard.errors import CheckpointError, ConfigError
 from dvsguard.units import eps_label
@@ -167,35 +174,143 @@ def _batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+PER_SAMPLE_KEYS = ("label", "pred", "wrong", "f_y", "l1", "l2", "linf", "l0", "ratio_pred", "rho_rand", "rho_rand_se",
+                   "rho_adv", "ratio_emp", "bounds_pred", "bounds_emp")
+"""The per-sample lists of :func:`measure_model` (``per_sample``), in their JSON order."""
+
+
+def _per_sample(model: nn.Module, x: Tensor, y: Tensor, res: TrueLabelGradient, norms: GradientNorms,
+                settings: AnalysisSettings, gen: torch.Generator) -> dict[str, list[Any]]:
+    """The :data:`PER_SAMPLE_KEYS` lists of one batch (``x`` ``[T, B, C, H, W]``, ``y`` ``[B]``; B entries each).
+
+    ρ_rand (with its standard error) and ρ_adv are measured at ``settings.theory_eps`` (frame
+    units), ρ_rand with draws from ``gen``.
+    """
+    eps = settings.theory_eps
+    rr, rr_se = rho_rand(model, x, y, res.wrong, eps, settings.mc_draws, gen, chunk=max(1, 64 // x.shape[1]))
+    ra = rho_adv(model, x, y, res.wrong, eps, res.g, steps=settings.adv_steps)
+    ratio_emp = torch.where(rr > 0, ra / rr.clamp_min(1e-300), torch.full_like(rr, float("nan")))
+    return {
+        "label": y.tolist(),
+        "pred": res.logits.argmax(dim=1).tolist(),
+        "wrong": res.wrong.tolist(),
+        "f_y": res.f_y.double().tolist(),
+        "l1": norms.l1.tolist(),
+        "l2": norms.l2.tolist(),
+        "linf": norms.linf.tolist(),
+        "l0": norms.l0.tolist(),
+        "ratio_pred": norms.ratio.tolist(),
+        "rho_rand": rr.tolist(),
+        "rho_rand_se": rr_se.tolist(),
+        "rho_adv": ra.tolist(),
+        "ratio_emp": ratio_emp.tolist(),
+        "bounds_pred": within_bounds(norms.ratio, norms.l0).tolist(),
+        "bounds_emp": within_bounds(ratio_emp, norms.l0).tolist(),
+    }
+
+
+class _ComponentHistogram:
+    """Histograms of the gradient components pooled over samples (Fig. 4).
+
+    ``counts`` over ``edges`` (``bins`` bins on [−1, 1]) of ``g_i / max_j |g_j|`` per sample;
+    ``log_counts`` over ``log_edges`` (:data:`LOG_BINS` bins on :data:`LOG_RANGE`) of log10 |g_i|
+    of the non-zero components, values outside put in the end bins; ``zeros`` counts ``g_i = 0``.
+    """
+
+    def __init__(self, bins: int) -> None:
+        self.edges = np.linspace(-1.0, 1.0, bins + 1)
+        self.counts = np.zeros(bins, dtype=np.int64)
+        self.log_edges = np.linspace(LOG_RANGE[0], LOG_RANGE[1], LOG_BINS + 1)
+        self.log_counts = np.zeros(LOG_BINS, dtype=np.int64)
+        self.zeros = 0
+
+    def add(self, g: Tensor) -> None:
+        """Count the components of a batch's gradients ``g`` ``[T, B, C, H, W]``."""
+        rows = g.transpose(0, 1).reshape(g.shape[1], -1).double()
+        top = rows.abs().max(dim=1, keepdim=True).values
+        normed = torch.where(top > 0, rows / top.clamp_min(1e-300), torch.zeros_like(rows))
+        self.counts += np.histogram(normed.numpy().ravel(), bins=self.edges)[0]
+        mags = rows.abs().numpy().ravel()
+        nonzero = mags[mags > 0]
+        self.zeros += int(mags.size - nonzero.size)
+        self.log_counts += np.histogram(np.clip(np.log10(nonzero), LOG_RANGE[0], LOG_RANGE[1]), bins=self.log_edges)[0]
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``histogram`` entry of :func:`measure_model`, with the density (per unit of g_i / max|g|)."""
+        total = int(self.counts.sum())
+        width = self.edges[1] - self.edges[0]
+        density = self.counts / (total * width) if total else np.zeros_like(self.counts, dtype=float)
+        return {"edges": self.edges.tolist(), "counts": self.counts.tolist(), "density": density.tolist(),
+                "log10_edges": self.log_edges.tolist(), "log10_counts": self.log_counts.tolist(), "zeros": self.zeros,
+                "fraction_per_bin": (self.log_counts / max(total, 1)).tolist()}
+
+
+class _AccuracyTally:
+    """Correct predictions under uniform noise and FGSM per ε of ``settings.eps`` and under PGD.
+
+    Noise and PGD starts are seeded from ``(seed, sample index)``; attacks stay in ``value_range``.
+    """
+
+    def __init__(self, settings: AnalysisSettings, value_range: tuple[float, float], seed: int) -> None:
+        self.eps = [float(e) for e in settings.eps]
+        self.settings = settings
+        self.value_range = value_range
+        self.seed = seed
+        self.random = np.zeros(len(self.eps), dtype=np.int64)
+        self.fgsm = np.zeros(len(self.eps), dtype=np.int64)
+        self.pgd = 0
+
+    def add(self, model: nn.Module, x: Tensor, y: Tensor, ids: list[int], logits: Tensor) -> None:
+        """Attack a batch (``x`` ``[T, B, C, H, W]``, ``y`` ``[B]``, clean ``logits`` ``[B, K]``) and count."""
+        from dvsguard.attack import PGD, RandomNoise, fgsm
+
+        vr, seed = self.value_range, self.seed
+        for i, e in enumerate(self.eps):
+            if e == 0:
+                ok = logits.argmax(dim=1) == y
+                self.random[i] += int(ok.sum())
+                self.fgsm[i] += int(ok.sum())
+                continue
+            noise = RandomNoise(e, value_range=vr, seed=seed)
+            self.random[i] += _n_correct(model, noise(model, x, y, sample_ids=ids), y)
+            self.fgsm[i] += _n_correct(model, fgsm(model, x, y, e, value_range=vr), y)
+        pgd = PGD(self.settings.pgd_eps, steps=self.settings.pgd_steps, value_range=vr, seed=seed)
+        self.pgd += _n_correct(model, pgd(model, x, y, sample_ids=ids), y)
+
+    def curves(self, n: int) -> dict[str, list[float]]:
+        """Accuracies (%) of ``n`` samples against ε: the ``curves`` entry of :func:`measure_model`."""
+        return {"eps": self.eps, "random": (100.0 * self.random / max(n, 1)).tolist(),
+                "fgsm": (100.0 * self.fgsm / max(n, 1)).tolist()}
+
+
+def _n_correct(model: nn.Module, x: Tensor, y: Tensor) -> int:
+    """How many of the frames ``x`` ``[T, B, C, H, W]`` the model classifies as ``y`` ``[B]``."""
+    with torch.no_grad():
+        return int((model(x).argmax(dim=1) == y).sum())
+
+
+def _heatmaps(x: Tensor, g: Tensor, room: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(event map, |g| map) ``[H, W]`` of the first ``room`` samples of a batch: ``x``, ``|g|`` summed over T and C."""
+    return [(x[:, b].sum(dim=(0, 1)).numpy(), g[:, b].abs().sum(dim=(0, 1)).numpy())
+            for b in range(min(room, x.shape[1]))]
+
+
 def measure_model(model: nn.Module, samples: Samples, settings: AnalysisSettings, seed: int = 0) -> dict[str, Any]:
     """All per-sample and aggregate measurements of one model (eval mode) on ``samples``.
 
     Random draws are seeded from ``(seed, first sample of the batch)`` so the numbers do not depend
     on anything but the settings, the samples and the seed.
     """
-    from dvsguard.attack import PGD, RandomNoise, fgsm
     from dvsguard.progress import track
 
     model.eval()
-    vr = samples.value_range
     n = samples.x.shape[1]
-    eps_list = [float(e) for e in settings.eps]
-    per: dict[str, list[Any]] = {k: [] for k in (
-        "label", "pred", "wrong", "f_y", "l1", "l2", "linf", "l0", "ratio_pred", "rho_rand", "rho_rand_se",
-        "rho_adv", "ratio_emp", "bounds_pred", "bounds_emp")}
+    per: dict[str, list[Any]] = {k: [] for k in PER_SAMPLE_KEYS}
     fd: dict[str, list[float]] = {repr(h): [] for h in settings.fd_steps}
-    correct_random = np.zeros(len(eps_list), dtype=np.int64)
-    correct_fgsm = np.zeros(len(eps_list), dtype=np.int64)
-    correct_pgd = 0
-    edges = np.linspace(-1.0, 1.0, settings.hist_bins + 1)
-    hist = np.zeros(settings.hist_bins, dtype=np.int64)
-    log_edges = np.linspace(LOG_RANGE[0], LOG_RANGE[1], LOG_BINS + 1)
-    log_hist = np.zeros(LOG_BINS, dtype=np.int64)
-    zeros = 0
-    heat_frames: list[np.ndarray] = []
-    heat_grads: list[np.ndarray] = []
+    tally = _AccuracyTally(settings, samples.value_range, seed)
+    hist = _ComponentHistogram(settings.hist_bins)
+    heat: list[tuple[np.ndarray, np.ndarray]] = []
     size = 0
-    eps_t = settings.theory_eps
     for sl in track(_batches(n, settings.batch), "analysing"):
         x, y = samples.x[:, sl], samples.y[sl]
         ids = samples.index[sl]
@@ -203,72 +318,23 @@ def measure_model(model: nn.Module, samples: Samples, settings: AnalysisSettings
         norms = gradient_norms(res.g, settings.l0_tol, relative=True)
         size = norms.size
         gen = torch.Generator().manual_seed(seed * 1_000_003 + ids[0])
-        rr, rr_se = rho_rand(model, x, y, res.wrong, eps_t, settings.mc_draws, gen, chunk=max(1, 64 // x.shape[1]))
-        ra = rho_adv(model, x, y, res.wrong, eps_t, res.g, steps=settings.adv_steps)
-        ratio_emp = torch.where(rr > 0, ra / rr.clamp_min(1e-300), torch.full_like(rr, float("nan")))
-        per["label"] += y.tolist()
-        per["pred"] += res.logits.argmax(dim=1).tolist()
-        per["wrong"] += res.wrong.tolist()
-        per["f_y"] += res.f_y.double().tolist()
-        per["l1"] += norms.l1.tolist()
-        per["l2"] += norms.l2.tolist()
-        per["linf"] += norms.linf.tolist()
-        per["l0"] += norms.l0.tolist()
-        per["ratio_pred"] += norms.ratio.tolist()
-        per["rho_rand"] += rr.tolist()
-        per["rho_rand_se"] += rr_se.tolist()
-        per["rho_adv"] += ra.tolist()
-        per["ratio_emp"] += ratio_emp.tolist()
-        per["bounds_pred"] += within_bounds(norms.ratio, norms.l0).tolist()
-        per["bounds_emp"] += within_bounds(ratio_emp, norms.l0).tolist()
+        for key, values in _per_sample(model, x, y, res, norms, settings, gen).items():
+            per[key] += values
         for h in settings.fd_steps:
             fd[repr(h)] += finite_difference(model, x, y, res.wrong, res.g, h).tolist()
-        rows = res.g.transpose(0, 1).reshape(x.shape[1], -1).double()
-        top = rows.abs().max(dim=1, keepdim=True).values
-        normed = torch.where(top > 0, rows / top.clamp_min(1e-300), torch.zeros_like(rows))
-        hist += np.histogram(normed.numpy().ravel(), bins=edges)[0]
-        mags = rows.abs().numpy().ravel()
-        nonzero = mags[mags > 0]
-        zeros += int(mags.size - nonzero.size)
-        log_hist += np.histogram(np.clip(np.log10(nonzero), LOG_RANGE[0], LOG_RANGE[1]), bins=log_edges)[0]
-        for b in range(x.shape[1]):
-            if len(heat_frames) < settings.heatmaps:
-                heat_frames.append(x[:, b].sum(dim=(0, 1)).numpy())
-                heat_grads.append(res.g[:, b].abs().sum(dim=(0, 1)).numpy())
-        for i, e in enumerate(eps_list):
-            if e == 0:
-                ok = res.logits.argmax(dim=1) == y
-                correct_random[i] += int(ok.sum())
-                correct_fgsm[i] += int(ok.sum())
-                continue
-            x_rand = RandomNoise(e, value_range=vr, seed=seed)(model, x, y, sample_ids=ids)
-            with torch.no_grad():
-                correct_random[i] += int((model(x_rand).argmax(dim=1) == y).sum())
-            x_adv = fgsm(model, x, y, e, value_range=vr)
-            with torch.no_grad():
-                correct_fgsm[i] += int((model(x_adv).argmax(dim=1) == y).sum())
-        x_pgd = PGD(settings.pgd_eps, steps=settings.pgd_steps, value_range=vr, seed=seed)(model, x, y, sample_ids=ids)
-        with torch.no_grad():
-            correct_pgd += int((model(x_pgd).argmax(dim=1) == y).sum())
-    total = int(hist.sum())
-    width = edges[1] - edges[0]
-    density = hist / (total * width) if total else np.zeros_like(hist, dtype=float)
+        hist.add(res.g)
+        heat += _heatmaps(x, res.g, settings.heatmaps - len(heat))
+        tally.add(model, x, y, ids, res.logits)
     clean = 100.0 * float(np.mean(np.asarray(per["pred"]) == np.asarray(per["label"]))) if n else 0.0
     return {
         "n": n,
         "components": size,
         "per_sample": per,
         "finite_difference": {"h": list(settings.fd_steps), "values": fd},
-        "curves": {
-            "eps": eps_list,
-            "random": (100.0 * correct_random / max(n, 1)).tolist(),
-            "fgsm": (100.0 * correct_fgsm / max(n, 1)).tolist(),
-        },
-        "accuracy": {"clean": clean, "pgd": 100.0 * correct_pgd / max(n, 1)},
-        "histogram": {"edges": edges.tolist(), "counts": hist.tolist(), "density": density.tolist(),
-                      "log10_edges": log_edges.tolist(), "log10_counts": log_hist.tolist(), "zeros": zeros,
-                      "fraction_per_bin": (log_hist / max(total, 1)).tolist()},
-        "heatmaps": {"frames": [f.tolist() for f in heat_frames], "grads": [g.tolist() for g in heat_grads]},
+        "curves": tally.curves(n),
+        "accuracy": {"clean": clean, "pgd": 100.0 * tally.pgd / max(n, 1)},
+        "histogram": hist.to_json(),
+        "heatmaps": {"frames": [f.tolist() for f, _ in heat], "grads": [g.tolist() for _, g in heat]},
     }
 
 

@@ -75,6 +75,28 @@ def _diagonal(ax: Any, xs: np.ndarray, ys: np.ndarray, label: str = "y = x") -> 
     ax.plot([lo, hi], [lo, hi], color="0.4", linestyle="--", linewidth=1, label=label)
 
 
+def _finish_scatter(ax: Any, all_x: Sequence[np.ndarray], all_y: Sequence[np.ndarray], labels: tuple[str, str, str],
+                    empty: str) -> None:
+    """Complete a log-log scatter panel of the drawn series ``all_x``/``all_y`` (1-D arrays, > 0).
+
+    Adds the y = x diagonal over all points, log axes (or the note ``empty`` when no point was
+    drawn), the (x label, y label, title) ``labels``, a grid and the legend.
+    """
+    xs = np.concatenate(all_x) if all_x else np.zeros(0)
+    ys = np.concatenate(all_y) if all_y else np.zeros(0)
+    _diagonal(ax, xs, ys)
+    if xs.size:
+        _log_axes(ax)
+    else:
+        _empty_note(ax, empty)
+    xlabel, ylabel, title = labels
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+
+
 def vulnerability_figure(curves: Mapping[str, Mapping[str, Sequence[float]]]) -> Figure:
     """Fig. 1: accuracy (%) against ε under uniform random noise (dashed) and FGSM (solid).
 
@@ -117,18 +139,8 @@ def theorem_figure(models: Mapping[str, Mapping[str, Any]]) -> Figure:
             ax.scatter(xs, ys, s=10, alpha=0.6, color=color, label=f"{name} (n={int(ok.sum())})")
             all_x.append(xs)
             all_y.append(ys)
-        xs = np.concatenate(all_x) if all_x else np.zeros(0)
-        ys = np.concatenate(all_y) if all_y else np.zeros(0)
-        _diagonal(ax, xs, ys)
-        if xs.size:
-            _log_axes(ax)
-        else:
-            _empty_note(ax, "no sample with both values > 0\n(f_y did not change within ε: spikes are discrete)")
-        ax.set_xlabel(xl)
-        ax.set_ylabel(yl)
-        ax.set_title(title)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+        _finish_scatter(ax, all_x, all_y, (xl, yl, title),
+                        "no sample with both values > 0\n(f_y did not change within ε: spikes are discrete)")
     return fig
 
 
@@ -149,18 +161,8 @@ def finite_difference_figure(models: Mapping[str, Mapping[str, Any]]) -> Figure:
             ax.scatter(l1[ok], fd[ok], s=10, alpha=0.6, color=color, label=f"h = {h}")
             all_x.append(l1[ok])
             all_y.append(fd[ok])
-        xs = np.concatenate(all_x) if all_x else np.zeros(0)
-        ys = np.concatenate(all_y) if all_y else np.zeros(0)
-        _diagonal(ax, xs, ys)
-        if xs.size:
-            _log_axes(ax)
-        else:
-            _empty_note(ax, "no sample with both values > 0")
-        ax.set_xlabel("‖∇ₓ f_y‖₁ (surrogate gradient)")
-        ax.set_ylabel("|f_y(x + h·d) − f_y(x)| / h")
-        ax.set_title(f"Proposition 4.4: {name}")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+        _finish_scatter(ax, all_x, all_y, ("‖∇ₓ f_y‖₁ (surrogate gradient)", "|f_y(x + h·d) − f_y(x)| / h",
+                                           f"Proposition 4.4: {name}"), "no sample with both values > 0")
     return fig
 
 

@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,14 +33,21 @@ from dvsguard.progress import make_progress
 from dvsguard.snn.checkpoint import load_model
 from dvsguard.snn.neuron import IFNeuron
 
+if TYPE_CHECKING:  # pragma: no cover
+    from dvsguard.attack import Attack
+    from dvsguard.export.verify import LavaPredictor
+
 log = logging.getLogger(__name__)
 
 FIELDS = ("path", "predicted", "class_name", "confidence", "events", "spikes", "label", "correct",
           "robust_correct", "error")
 
+Item = tuple[int, np.ndarray | None, int, str]
+"""One recording from the loader: (file index, uint8 frames ``[T, 2, H, W]`` or None, event count, error)."""
+
 
 class _RecordingFrames(Dataset):
-    """Item i: (index, uint8 frames [T, 2, H, W] or None, event count, error message)."""
+    """Item i: an :data:`Item` (index, uint8 frames [T, 2, H, W] or None, event count, error message)."""
 
     def __init__(self, files: Sequence[Path], framing: FramingConfig) -> None:
         self.files = list(files)
@@ -49,7 +56,7 @@ class _RecordingFrames(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, int, str]:
+    def __getitem__(self, i: int) -> Item:
         try:
             rec = read_events(self.files[i])
             return i, events_to_frames(rec, self.framing), int(len(rec.events)), ""
@@ -59,7 +66,7 @@ class _RecordingFrames(Dataset):
             return i, None, 0, f"{self.files[i]}: {type(exc).__name__}: {exc}"
 
 
-def _collate(items: list[tuple[int, np.ndarray | None, int, str]]) -> list[tuple[int, np.ndarray | None, int, str]]:
+def _collate(items: list[Item]) -> list[Item]:
     return items
 
 
@@ -145,8 +152,15 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     write_text(path, buf.getvalue())
 
 
-def _batches(loader: DataLoader, batch_size: int) -> Iterator[list[tuple[int, np.ndarray | None, int, str]]]:
-    pending: list[tuple[int, np.ndarray | None, int, str]] = []
+def _loader(files: Sequence[Path], framing: FramingConfig, batch_size: int, workers: int) -> DataLoader:
+    """Reads and frames ``files`` in ``workers`` processes (none: in this one), chunks of ``batch_size / workers``."""
+    return DataLoader(_RecordingFrames(files, framing), batch_size=max(1, batch_size // max(workers, 1)),
+                      num_workers=workers, collate_fn=_collate, prefetch_factor=2 if workers else None,
+                      persistent_workers=False)
+
+
+def _batches(loader: DataLoader, batch_size: int) -> Iterator[list[Item]]:
+    pending: list[Item] = []
     for chunk in loader:
         pending.extend(chunk)
         while len(pending) >= batch_size:
@@ -154,6 +168,132 @@ def _batches(loader: DataLoader, batch_size: int) -> Iterator[list[tuple[int, np
             pending = pending[batch_size:]
     if pending:
         yield pending
+
+
+class _BatchPredictor:
+    """Classifies the loader's batches and fills ``rows`` (one dict per file, in file order).
+
+    Frames go through ``runner`` (the exported network in Lava) when given, else through
+    ``model``; ``attacker`` (if any) attacks the labelled recordings of each batch in PyTorch.
+    ``n_labelled``, ``n_correct`` and ``n_robust`` count the labelled, correctly classified and
+    still correct after the attack recordings.
+    """
+
+    def __init__(self, model: nn.Module, framing: FramingConfig, classes: Sequence[str], files: Sequence[Path],
+                 truth: dict[Path, int], attacker: Attack | None, runner: LavaPredictor | None) -> None:
+        self.model = model
+        self.framing = framing
+        self.classes = classes
+        self.files = files
+        self.truth = truth
+        self.attacker = attacker
+        self.runner = runner
+        self.rows: list[dict[str, Any]] = [{"path": str(f)} for f in files]
+        self.counter = _SpikeCounter(model)
+        self.n_labelled = self.n_correct = self.n_robust = 0
+
+    def close(self) -> None:
+        """Remove the spike-counting hooks from the model."""
+        self.counter.close()
+
+    def add(self, batch: Sequence[Item]) -> None:
+        """Fill the rows of one batch: the error of each unreadable file, the prediction of the others."""
+        good = [(i, fr, n) for i, fr, n, err in batch if fr is not None]
+        for i, fr, _, err in batch:
+            if fr is None:
+                self.rows[i]["error"] = err
+                log.warning("%s", err)
+        if not good:
+            return
+        x = torch.from_numpy(np.stack([frames_to_float(fr, self.framing.count_cap) for _, fr, _ in good], 1))
+        logits, spikes = self._forward(x)
+        ys = [self.truth.get(Path(os.path.normpath(self.files[i]))) for i, _, _ in good]
+        self._fill(good, logits, spikes, ys)
+        if self.attacker is not None:
+            self._attack(self.attacker, x, [i for i, _, _ in good], ys)
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``[B, K]`` and total spike counts ``[B]`` of float frames ``x`` ``[T, B, 2, H, W]``."""
+        if self.runner is not None:
+            logits = torch.as_tensor(self.runner.logits(x.numpy()), dtype=torch.float32)
+            return logits, torch.as_tensor(self.runner.last_spikes, dtype=torch.float32)
+        with torch.no_grad():
+            logits = self.model(x)
+        return logits, self.counter.take()
+
+    def _fill(self, good: Sequence[tuple[int, np.ndarray, int]], logits: torch.Tensor, spikes: torch.Tensor,
+              ys: Sequence[int | None]) -> None:
+        """Write prediction, confidence (softmax of ``logits`` ``[B, K]``), events, spikes and correctness."""
+        conf, pred = logits.softmax(1).max(1)
+        for k, (i, _, n) in enumerate(good):
+            self.rows[i].update(predicted=int(pred[k]), class_name=self.classes[int(pred[k])],
+                                confidence=round(float(conf[k]), 6), events=n, spikes=int(spikes[k]))
+            if ys[k] is not None:
+                self.rows[i].update(label=ys[k], correct=int(pred[k]) == ys[k])
+                self.n_labelled += 1
+                self.n_correct += int(int(pred[k]) == ys[k])
+
+    def _attack(self, attacker: Attack, x: torch.Tensor, index: Sequence[int], ys: Sequence[int | None]) -> None:
+        """Attack the labelled samples of ``x`` ``[T, B, 2, H, W]`` (file indices ``index``, labels ``ys``)."""
+        keep = [k for k, y in enumerate(ys) if y is not None]
+        if not keep:
+            return
+        ids = [index[k] for k in keep]
+        x_adv = attacker(self.model, x[:, keep], torch.tensor([ys[k] for k in keep]), sample_ids=ids)
+        with torch.no_grad():
+            adv_pred = self.model(x_adv).argmax(1)
+            self.counter.take()
+        for j, k in enumerate(keep):
+            ok = int(adv_pred[j]) == ys[k]
+            self.rows[index[k]]["robust_correct"] = ok
+            self.n_robust += int(ok)
+
+    def result(self, out: Path, attack: str | None, eps: float | None) -> PredictResult:
+        """What ``predict`` returns for the rows filled so far (written to ``out``); accuracies to 6 digits."""
+        failed = [{"path": r["path"], "error": r["error"]} for r in self.rows if r.get("error")]
+        n = self.n_labelled
+        return PredictResult(
+            out=out,
+            n_files=len(self.files),
+            n_failed=len(failed),
+            accuracy=round(self.n_correct / n, 6) if n else None,
+            robust_accuracy=round(self.n_robust / n, 6) if (self.attacker is not None and n) else None,
+            attack=attack,
+            eps=eps,
+            backend="lava" if self.runner is not None else "torch",
+            failed=failed,
+        )
+
+
+def _check_options(root: Path, out: Path, labels: str | None, attack: str | None, eps: float | None,
+                   netx: str | os.PathLike | None) -> None:
+    """Raise ConfigError/RecordingError for an output name, folder or option combination ``predict`` refuses."""
+    _writer(out)
+    if not root.is_dir():
+        raise RecordingError(f"{root}: no such folder of recordings")
+    if attack is not None and (labels is None or eps is None):
+        raise ConfigError("--attack needs --labels (robust accuracy needs true classes) and --eps")
+    if attack is not None and netx is not None:
+        raise ConfigError("--attack and --netx cannot be combined (attacks need PyTorch gradients)")
+
+
+def _make_attacker(attack: str | None, eps: float | None, value_range: tuple[float, ...], seed: int) -> Attack | None:
+    """The attack ``attack`` of radius ``eps`` (frame units) within ``value_range``, or None."""
+    if attack is None:
+        return None
+    assert eps is not None, "_check_options requires eps with an attack"
+    from dvsguard.attack import make_attack
+
+    return make_attack(attack, float(eps), value_range=value_range, seed=seed)
+
+
+def _lava_runner(netx: str | os.PathLike | None) -> LavaPredictor | None:
+    """Lava's simulator of the exported network at ``netx``, or None."""
+    if netx is None:
+        return None
+    from dvsguard.export.verify import LavaPredictor
+
+    return LavaPredictor(Path(netx))
 
 
 def predict(
@@ -177,13 +317,7 @@ def predict(
     """
     root = Path(folder)
     out_path = Path(out)
-    _writer(out_path)
-    if not root.is_dir():
-        raise RecordingError(f"{root}: no such folder of recordings")
-    if attack is not None and (labels is None or eps is None):
-        raise ConfigError("--attack needs --labels (robust accuracy needs true classes) and --eps")
-    if attack is not None and netx is not None:
-        raise ConfigError("--attack and --netx cannot be combined (attacks need PyTorch gradients)")
+    _check_options(root, out_path, labels, attack, eps, netx)
     model, payload = load_model(checkpoint)
     data = payload.get("data", {})
     framing = FramingConfig.from_dict(data.get("framing") or {})
@@ -193,79 +327,18 @@ def predict(
     if not files:
         raise RecordingError(f"{root}: no recordings found")
     truth = _labels_for(files, root, labels, classes)
+    attacker = _make_attacker(attack, eps, value_range, seed)
+    runner = _lava_runner(netx)
 
-    attacker = None
-    if attack is not None:
-        from dvsguard.attack import make_attack
-
-        attacker = make_attack(attack, float(eps), value_range=value_range, seed=seed)
-    runner = None
-    if netx is not None:
-        from dvsguard.export.verify import LavaPredictor
-
-        runner = LavaPredictor(Path(netx))
-
-    loader = DataLoader(_RecordingFrames(files, framing), batch_size=max(1, batch_size // max(workers, 1)),
-                        num_workers=workers, collate_fn=_collate, prefetch_factor=2 if workers else None,
-                        persistent_workers=False)
-    rows: list[dict[str, Any]] = [{"path": str(f)} for f in files]
-    counter = _SpikeCounter(model)
-    n_correct = n_robust = n_labelled = 0
+    loader = _loader(files, framing, batch_size, workers)
+    predictor = _BatchPredictor(model, framing, classes, files, truth, attacker, runner)
     try:
         with make_progress() as progress:
             task = progress.add_task("predict", total=len(files))
             for batch in _batches(loader, batch_size):
-                good = [(i, fr, n) for i, fr, n, err in batch if fr is not None]
-                for i, fr, n, err in batch:
-                    if fr is None:
-                        rows[i]["error"] = err
-                        log.warning("%s", err)
-                if good:
-                    x = torch.from_numpy(np.stack([frames_to_float(fr, framing.count_cap) for _, fr, _ in good], 1))
-                    if runner is not None:
-                        logits = torch.as_tensor(runner.logits(x.numpy()), dtype=torch.float32)
-                        spikes = torch.as_tensor(runner.last_spikes, dtype=torch.float32)
-                    else:
-                        with torch.no_grad():
-                            logits = model(x)
-                        spikes = counter.take()
-                    probs = logits.softmax(1)
-                    conf, pred = probs.max(1)
-                    ys = [truth.get(Path(os.path.normpath(files[i]))) for i, _, _ in good]
-                    for k, (i, _, n) in enumerate(good):
-                        rows[i].update(predicted=int(pred[k]), class_name=classes[int(pred[k])],
-                                       confidence=round(float(conf[k]), 6), events=n, spikes=int(spikes[k]))
-                        if ys[k] is not None:
-                            rows[i].update(label=ys[k], correct=int(pred[k]) == ys[k])
-                            n_labelled += 1
-                            n_correct += int(int(pred[k]) == ys[k])
-                    if attacker is not None:
-                        keep = [k for k, y in enumerate(ys) if y is not None]
-                        if keep:
-                            y_t = torch.tensor([ys[k] for k in keep])
-                            x_k = x[:, keep]
-                            ids = [good[k][0] for k in keep]
-                            x_adv = attacker(model, x_k, y_t, sample_ids=ids)
-                            with torch.no_grad():
-                                adv_pred = model(x_adv).argmax(1)
-                                counter.take()
-                            for j, k in enumerate(keep):
-                                ok = int(adv_pred[j]) == ys[k]
-                                rows[good[k][0]]["robust_correct"] = ok
-                                n_robust += int(ok)
+                predictor.add(batch)
                 progress.advance(task, len(batch))
     finally:
-        counter.close()
-    _write_rows(out_path, rows)
-    failed = [{"path": r["path"], "error": r["error"]} for r in rows if r.get("error")]
-    return PredictResult(
-        out=out_path,
-        n_files=len(files),
-        n_failed=len(failed),
-        accuracy=round(n_correct / n_labelled, 6) if n_labelled else None,
-        robust_accuracy=round(n_robust / n_labelled, 6) if (attacker is not None and n_labelled) else None,
-        attack=attack,
-        eps=eps,
-        backend="lava" if runner is not None else "torch",
-        failed=failed,
-    )
+        predictor.close()
+    _write_rows(out_path, predictor.rows)
+    return predictor.result(out_path, attack, eps)
