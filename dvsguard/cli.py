@@ -129,7 +129,7 @@ def stage_command(name: str, module: Any) -> Callable[..., None]:
         result = module.run(config)
         if getattr(result, "rank", 0) != 0:  # under torchrun only rank 0 reports
             return
-        typer.echo(json.dumps(result.to_json(), default=str) if as_json else result.summary())
+        _emit(result.to_json(), as_json, lambda _: result.summary())
         if getattr(result, "exit_code", 0):
             raise typer.Exit(result.exit_code)
 
@@ -138,7 +138,8 @@ def stage_command(name: str, module: Any) -> Callable[..., None]:
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__name__ = name
-    command.__doc__ = (module.__doc__ or "").split(":", 1)[-1].strip()
+    about = (module.__doc__ or "").split(":", 1)[-1].strip()
+    command.__doc__ = about[:1].upper() + about[1:]
     return command
 
 
