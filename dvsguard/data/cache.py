@@ -36,7 +36,7 @@ import signal
 import sys
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -421,12 +421,36 @@ def _build_locked(path: Path, items: list[Item], classes: Sequence[str], cfg: Fr
                   source: str, siblings: dict[str, str], source_root: str | os.PathLike | None, key: str,
                   workers: int, commit_every: int, compression: str | None,
                   on_sample: Callable[[int], None] | None, progress: bool, start: float) -> BuildResult:
-    from dvsguard.progress import make_progress
-
+    """:func:`build_cache` with the build lock held and no finished cache at ``path``."""
     n = len(items)
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
     root = Path(source_root) if source_root is not None else None
-    attrs = {
+    attrs = _cache_attrs(classes, cfg, split, source, siblings, root, key)
+    done = _resume_state(partial, key, n)
+    if done is None:
+        labels = np.array([y for _, y in items], dtype=np.int64)
+        _create_partial(partial, n, cfg, attrs, labels, [_relative(p, root) for p, _ in items], compression)
+        done = np.zeros(n, dtype=bool)
+    n_resumed = int(done.sum())
+    if n_resumed:
+        log.info("%s: resuming an interrupted build, %d of %d samples already framed", path.name, n_resumed, n)
+    todo = [i for i in range(n) if not done[i]]
+    jobs = [(i, str(items[i][0]), cfg, compression) for i in todo]
+    errors = _frame_into(partial, jobs, done, workers, commit_every, on_sample,
+                         label=f"framing {split}", progress=progress)
+    failed = [(str(items[i][0]), errors[i]) for i in sorted(errors)]
+    _finish(partial, path, done, compression, failed)
+    info = open_cache(path)
+    seconds = time.perf_counter() - start
+    log.info("%s: %d samples (%d framed now, %d resumed, %d failed) in %.1f s",
+             path.name, info.n_samples, len(todo) - len(failed), n_resumed, len(failed), seconds)
+    return BuildResult(path, info.n_samples, len(jobs), n_resumed, failed, seconds)
+
+
+def _cache_attrs(classes: Sequence[str], cfg: FramingConfig, split: str, source: str,
+                 siblings: dict[str, str], root: Path | None, key: str) -> dict[str, Any]:
+    """The file attributes a build starts with (``complete`` and ``failed`` come at the end)."""
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "split": split,
@@ -439,17 +463,14 @@ def _build_locked(path: Path, items: list[Item], classes: Sequence[str], cfg: Fr
         "siblings": json.dumps(siblings, sort_keys=True),
         "source_root": str(root.resolve()) if root is not None else "",
     }
-    done = _resume_state(partial, key, n)
-    if done is None:
-        labels = np.array([y for _, y in items], dtype=np.int64)
-        _create_partial(partial, n, cfg, attrs, labels, [_relative(p, root) for p, _ in items], compression)
-        done = np.zeros(n, dtype=bool)
-    n_resumed = int(done.sum())
-    if n_resumed:
-        log.info("%s: resuming an interrupted build, %d of %d samples already framed", path.name, n_resumed, n)
-    todo = [i for i in range(n) if not done[i]]
-    jobs = [(i, str(items[i][0]), cfg, compression) for i in todo]
-    errors: dict[int, str] = {}
+
+
+def _frame_into(partial: Path, jobs: list[tuple[int, str, FramingConfig, str | None]], done: np.ndarray,
+                workers: int, commit_every: int, on_sample: Callable[[int], None] | None,
+                *, label: str, progress: bool) -> dict[int, str]:
+    """Frame ``jobs`` in ``workers`` processes (in this one when 1, or for a single job) and
+    write them into ``partial``, marking them in ``done`` ``[N]`` as they are committed.
+    Returns ``{index: cause}`` of the recordings that failed."""
     # import the readers and tonic here once, so forked workers start with them loaded
     import tonic.slicers  # noqa: F401
     import tonic.transforms  # noqa: F401
@@ -459,45 +480,63 @@ def _build_locked(path: Path, items: list[Item], classes: Sequence[str], cfg: Fr
     pool = _pool_context().Pool(workers, initializer=_worker_init) if workers > 1 and len(jobs) > 1 else None
     try:
         results = pool.imap_unordered(_frame_job, jobs, chunksize=1) if pool else map(_frame_job, jobs)
-        with h5py.File(partial, "r+") as f, make_progress() as bar:
-            task = bar.add_task(f"framing {split}", total=n, completed=n_resumed, visible=progress)
-            frames_ds = f["frames"]
-            pending: dict[int, int] = {}  # index -> crc of samples written since the last commit
-            last_commit = time.monotonic()
-
-            def commit() -> None:
-                # one flush + fsync: a sample marked done whose frames did not reach the disk
-                # fails its CRC on resume and is framed again, so no write ordering is needed
-                if pending:
-                    idx = np.array(sorted(pending))
-                    f["crc"][idx] = np.array([pending[i] for i in idx], dtype=np.uint32)
-                    f["done"][idx] = 1
-                    f.flush()
-                    fsync_path(partial)
-                    done[idx] = True
-                    pending.clear()
-
-            shape_tail = (0,) * (frames_ds.ndim - 1)
-            for index, chunk, crc, error in results:
-                if error:
-                    errors[index] = error
-                    log.warning("skipped %s", error)
-                else:
-                    frames_ds.id.write_direct_chunk((index, *shape_tail), chunk)
-                    pending[index] = crc
-                bar.advance(task)
-                if len(pending) >= commit_every or time.monotonic() - last_commit > 5.0:
-                    commit()
-                    last_commit = time.monotonic()
-                if on_sample is not None:
-                    on_sample(index)
-            commit()
+        return _write_results(partial, results, done, commit_every, on_sample, label=label, progress=progress)
     finally:
         if pool is not None:
             pool.terminate()
             pool.join()
 
-    failed = [(str(items[i][0]), errors[i]) for i in sorted(errors)]
+
+def _write_results(partial: Path, results: Iterable[tuple[int, bytes, int, str]], done: np.ndarray,
+                   commit_every: int, on_sample: Callable[[int], None] | None,
+                   *, label: str, progress: bool) -> dict[int, str]:
+    """Store the framed chunks of ``results`` (from :func:`_frame_job`) in ``partial``, committing
+    every ``commit_every`` samples or 5 s and at the end. Returns ``{index: cause}`` of the failed."""
+    from dvsguard.progress import make_progress
+
+    errors: dict[int, str] = {}
+    n = len(done)
+    with h5py.File(partial, "r+") as f, make_progress() as bar:
+        task = bar.add_task(label, total=n, completed=int(done.sum()), visible=progress)
+        frames_ds = f["frames"]
+        pending: dict[int, int] = {}  # index -> crc of samples written since the last commit
+        last_commit = time.monotonic()
+
+        def commit() -> None:
+            # one flush + fsync: a sample marked done whose frames did not reach the disk
+            # fails its CRC on resume and is framed again, so no write ordering is needed
+            if pending:
+                idx = np.array(sorted(pending))
+                f["crc"][idx] = np.array([pending[i] for i in idx], dtype=np.uint32)
+                f["done"][idx] = 1
+                f.flush()
+                fsync_path(partial)
+                done[idx] = True
+                pending.clear()
+
+        shape_tail = (0,) * (frames_ds.ndim - 1)
+        for index, chunk, crc, error in results:
+            if error:
+                errors[index] = error
+                log.warning("skipped %s", error)
+            else:
+                frames_ds.id.write_direct_chunk((index, *shape_tail), chunk)
+                pending[index] = crc
+            bar.advance(task)
+            if len(pending) >= commit_every or time.monotonic() - last_commit > 5.0:
+                commit()
+                last_commit = time.monotonic()
+            if on_sample is not None:
+                on_sample(index)
+        commit()
+    return errors
+
+
+def _finish(partial: Path, path: Path, done: np.ndarray, compression: str | None,
+            failed: list[tuple[str, str]]) -> None:
+    """Turn the framed ``partial`` into the finished cache at ``path``: marked complete and
+    renamed, or, when recordings ``failed``, its good samples compacted into ``path``."""
+    n = len(done)
     good = np.flatnonzero(done)
     if len(good) + len(failed) != n:  # pragma: no cover - defensive
         raise CacheError(f"{partial}: {n - len(good) - len(failed)} samples neither framed nor failed")
@@ -510,11 +549,6 @@ def _build_locked(path: Path, items: list[Item], classes: Sequence[str], cfg: Fr
             f.attrs["failed"] = "[]"
             f.attrs["complete"] = True
         replace(partial, path)
-    info = open_cache(path)
-    seconds = time.perf_counter() - start
-    log.info("%s: %d samples (%d framed now, %d resumed, %d failed) in %.1f s",
-             path.name, info.n_samples, len(todo) - len(failed), n_resumed, len(failed), seconds)
-    return BuildResult(path, info.n_samples, len(jobs), n_resumed, failed, seconds)
 
 
 def _compact(partial: Path, path: Path, good: np.ndarray, compression: str | None,

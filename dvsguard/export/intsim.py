@@ -33,7 +33,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -565,6 +566,97 @@ def frame_aligned(recording: np.ndarray, layer: int, n_samples: int, time_steps:
 # --------------------------------------------------------------------------- float vs integer
 
 
+@dataclass
+class _Tally:
+    """What :func:`compare` sums over the batches: per batch the float logits ``[B, classes]``,
+    the integer logits (v_out / output_scale), both predictions and the labels ``[B]``; the
+    saturation events (total and per layer) and, when the spikes are compared, the mismatching
+    spikes per hidden layer (``mismatch``, else None) out of ``compared`` spikes."""
+
+    by_layer: list[dict[str, int]]
+    mismatch: list[int] | None
+    events: dict[str, int] = field(default_factory=dict)
+    compared: int = 0
+    logits_f: list[np.ndarray] = field(default_factory=list)
+    logits_q: list[np.ndarray] = field(default_factory=list)
+    preds_f: list[np.ndarray] = field(default_factory=list)
+    preds_q: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, lf: np.ndarray, res: SimResult, y: Any, out_scale: float, recorded: list[Any]) -> None:
+        """One batch: float logits ``lf`` [B, classes], the simulator's result on it, labels
+        ``y`` [B] and the model's recorded IF outputs (``[T, B, ...]`` tensors, one per layer)."""
+        if self.mismatch is not None and res.spikes is not None:
+            for k, (mine, theirs) in enumerate(zip(res.spikes, recorded)):
+                torch_spikes = theirs.cpu().numpy().swapaxes(0, 1).reshape(mine.shape) >= 0.5
+                self.mismatch[k] += int((torch_spikes != mine).sum())
+                self.compared += int(mine.size)
+        for k, val in res.events.items():
+            self.events[k] = self.events.get(k, 0) + val
+        for mine, theirs in zip(self.by_layer, res.layer_events):
+            for k, val in theirs.items():
+                mine[k] = mine.get(k, 0) + val
+        self.logits_f.append(lf)
+        self.logits_q.append(res.v_out / out_scale)
+        self.preds_f.append(lf.argmax(1))
+        self.preds_q.append(res.v_out.argmax(1))
+        self.labels.append(np.asarray(y))
+
+    def summary(self) -> dict[str, Any]:
+        """The result of :func:`compare` (see there) over the batches added."""
+        lf, lq = np.concatenate(self.logits_f), np.concatenate(self.logits_q)
+        pf, pq, yy = np.concatenate(self.preds_f), np.concatenate(self.preds_q), np.concatenate(self.labels)
+        err = np.abs(lf - lq)
+        spread = float(lf.std()) or 1.0
+        readout = self.by_layer[-1]
+        departures = sum(self.events.get(k, 0) for k in ("current_wrap", "conv_wrap", "int32_overflow", "spike_after_clip"))
+        departures += readout.get("voltage_clip", 0) + readout.get("readout_spikes", 0)
+        return {
+            "n": int(len(yy)),
+            "agreement": float((pf == pq).mean()),
+            "accuracy_float": float((pf == yy).mean()),
+            "accuracy_int": float((pq == yy).mean()),
+            "logit_max_abs_error": float(err.max()),
+            "logit_mean_abs_error": float(err.mean()),
+            "logit_rel_error": float(err.mean() / spread),
+            "events": self.events,
+            "layer_events": [{k: v for k, v in ev.items() if v} for ev in self.by_layer],
+            "departures": int(departures),
+            "spike_mismatch": self.mismatch,
+            "spikes_compared": self.compared,
+        }
+
+
+def _first_samples(loader: Any, max_samples: int | None) -> Iterator[tuple[Any, Any]]:
+    """The ``(x [T, B, ...], y [B])`` batches of ``loader``, cut to ``max_samples`` samples in all
+    (all of them when None)."""
+    seen = 0
+    for x, y in loader:
+        if max_samples is not None and seen >= max_samples:
+            break
+        if max_samples is not None:
+            x, y = x[:, : max_samples - seen], y[: max_samples - seen]
+        yield x, y
+        seen += len(y)
+
+
+@contextmanager
+def _evaluating(model: Any, neurons: list[Any], record: bool) -> Iterator[list[Any]]:
+    """``model`` in eval mode for the block; with ``record``, every forward of each of
+    ``neurons`` appends its detached output to the list yielded (the caller clears it).
+    The training flag is restored and the hooks removed on the way out."""
+    recorded: list[Any] = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: recorded.append(o.detach())) for m in neurons] if record else []
+    was_training = model.training
+    model.eval()
+    try:
+        yield recorded
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+
+
 def compare(model: Any, netfile: str | os.PathLike[str], loader: Any, max_samples: int | None = None) -> dict[str, Any]:
     """PyTorch model vs the integer network on a loader of ``(x [T, B, C, H, W], y [B])``.
 
@@ -589,71 +681,18 @@ def compare(model: Any, netfile: str | os.PathLike[str], loader: Any, max_sample
     out_scale = net.output_scale
     if out_scale is None:
         raise ExportError(f"{netfile}: no output_scale attribute (not written by dvsguard export)")
-    preds_f, preds_q, labels, logits_f, logits_q = [], [], [], [], []
-    events: dict[str, int] = {}
-    by_layer: list[dict[str, int]] = [{} for _ in net.layers]
-    seen = 0
     neurons = [m for m in model.modules() if isinstance(m, IFNeuron)]
     check_spikes = len(neurons) == len(net.layers) - 1
-    recorded: list[torch.Tensor] = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: recorded.append(o.detach())) for m in neurons] if check_spikes else []
-    mismatch = [0] * len(neurons) if check_spikes else None
-    compared = 0
-    was_training = model.training
-    model.eval()
-    try:
-        for x, y in loader:
-            if max_samples is not None and seen >= max_samples:
-                break
-            if max_samples is not None:
-                x, y = x[:, : max_samples - seen], y[: max_samples - seen]
+    tally = _Tally([{} for _ in net.layers], [0] * len(neurons) if check_spikes else None)
+    with _evaluating(model, neurons, check_spikes) as recorded:
+        for x, y in _first_samples(loader, max_samples):
             recorded.clear()
             with torch.no_grad():
                 lf = model(x).double().cpu().numpy()
             counts = np.rint(x.double().cpu().numpy() * scale).astype(np.int64).swapaxes(0, 1)
             if net.time_steps is not None and counts.shape[1] != net.time_steps:
                 raise ExportError(f"{netfile}: exported for T={net.time_steps}, the data has T={counts.shape[1]}")
-            res = simulate(net, counts, record=check_spikes)
-            if mismatch is not None and res.spikes is not None:
-                for k, (mine, theirs) in enumerate(zip(res.spikes, recorded)):
-                    torch_spikes = theirs.cpu().numpy().swapaxes(0, 1).reshape(mine.shape) >= 0.5
-                    mismatch[k] += int((torch_spikes != mine).sum())
-                    compared += int(mine.size)
-            for k, val in res.events.items():
-                events[k] = events.get(k, 0) + val
-            for mine, theirs in zip(by_layer, res.layer_events):
-                for k, val in theirs.items():
-                    mine[k] = mine.get(k, 0) + val
-            logits_f.append(lf)
-            logits_q.append(res.v_out / out_scale)
-            preds_f.append(lf.argmax(1))
-            preds_q.append(res.v_out.argmax(1))
-            labels.append(np.asarray(y))
-            seen += len(y)
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    if not labels:
+            tally.add(lf, simulate(net, counts, record=check_spikes), y, out_scale, recorded)
+    if not tally.labels:
         raise ExportError("compare: the loader gave no samples")
-    lf, lq = np.concatenate(logits_f), np.concatenate(logits_q)
-    pf, pq, yy = np.concatenate(preds_f), np.concatenate(preds_q), np.concatenate(labels)
-    err = np.abs(lf - lq)
-    spread = float(lf.std()) or 1.0
-    readout = by_layer[-1]
-    departures = sum(events.get(k, 0) for k in ("current_wrap", "conv_wrap", "int32_overflow", "spike_after_clip"))
-    departures += readout.get("voltage_clip", 0) + readout.get("readout_spikes", 0)
-    return {
-        "n": int(len(yy)),
-        "agreement": float((pf == pq).mean()),
-        "accuracy_float": float((pf == yy).mean()),
-        "accuracy_int": float((pq == yy).mean()),
-        "logit_max_abs_error": float(err.max()),
-        "logit_mean_abs_error": float(err.mean()),
-        "logit_rel_error": float(err.mean() / spread),
-        "events": events,
-        "layer_events": [{k: v for k, v in ev.items() if v} for ev in by_layer],
-        "departures": int(departures),
-        "spike_mismatch": mismatch,
-        "spikes_compared": compared,
-    }
+    return tally.summary()

@@ -83,6 +83,16 @@ def _neuron(group: h5py.Group, layer: QLayer) -> None:
     _ds(n, "gradedSpike", np.bool_(False))
 
 
+def _synapse(group: h5py.Group, kind: str, layer: QLayer) -> None:
+    """The datasets ``conv`` and ``dense`` layers start with, in this order: ``type`` = ``kind``,
+    ``shape`` = output (C, H, W) or (out,), int16 ``weight`` ([out, in, kH, kW] or [out, in])
+    and int16 ``bias`` [out]."""
+    _type(group, kind)
+    _ds(group, "shape", np.asarray(layer.out_shape, dtype=np.int64))
+    _ds(group, "weight", layer.weight.astype(np.int16))
+    _ds(group, "bias", layer.bias.astype(np.int16))
+
+
 def write_input(group: h5py.Group, net: QuantizedNet, layer: QLayer | None) -> None:
     """``input`` layer: the frame shape (C, H, W) only."""
     _type(group, "input")
@@ -99,10 +109,7 @@ def write_flatten(group: h5py.Group, net: QuantizedNet, layer: QLayer | None) ->
 def write_conv(group: h5py.Group, net: QuantizedNet, layer: QLayer | None) -> None:
     """``conv`` layer with a CUBA neuron."""
     assert layer is not None
-    _type(group, "conv")
-    _ds(group, "shape", np.asarray(layer.out_shape, dtype=np.int64))
-    _ds(group, "weight", layer.weight.astype(np.int16))
-    _ds(group, "bias", layer.bias.astype(np.int16))
+    _synapse(group, "conv", layer)
     _ds(group, "stride", np.asarray(layer.stride, dtype=np.int64))
     _ds(group, "padding", np.asarray(layer.padding, dtype=np.int64))
     _ds(group, "dilation", np.asarray((1, 1), dtype=np.int64))
@@ -113,10 +120,7 @@ def write_conv(group: h5py.Group, net: QuantizedNet, layer: QLayer | None) -> No
 def write_dense(group: h5py.Group, net: QuantizedNet, layer: QLayer | None) -> None:
     """``dense`` layer with a CUBA neuron."""
     assert layer is not None
-    _type(group, "dense")
-    _ds(group, "shape", np.asarray(layer.out_shape, dtype=np.int64))
-    _ds(group, "weight", layer.weight.astype(np.int16))
-    _ds(group, "bias", layer.bias.astype(np.int16))
+    _synapse(group, "dense", layer)
     _neuron(group, layer)
 
 

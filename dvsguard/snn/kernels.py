@@ -18,7 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,55 +49,53 @@ def _build() -> dict[str, object] | None:
     from numba.extending import register_jitable
 
     njit = numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")
+    inline = register_jitable(inline="always")
 
-    @njit
-    def fwd(x, s, u, theta, one, zero, keep_u, lo, hi):  # pragma: no cover - compiled
-        """float32 in, spikes of s's dtype out (one/zero), float32 membrane u written if keep_u."""
-        T = x.shape[0]
-        m = np.zeros(_BLOCK, np.float32)
-        f0 = np.float32(0.0)
-        for j0 in range(lo, hi, _BLOCK):
-            j1 = min(j0 + _BLOCK, hi)
-            n = j1 - j0
-            m[:] = f0
-            for t in range(T):
-                xr, sr = x[t, j0:j1], s[t, j0:j1]
-                if keep_u:
-                    ur = u[t, j0:j1]
-                    for k in range(n):
-                        ur[k] = m[k] + xr[k]
-                for k in range(n):
-                    v = m[k] + xr[k]
-                    spike = v >= theta
-                    sr[k] = one if spike else zero
-                    m[k] = f0 if spike else v
+    # Input row readers: ``load(row, bits, val, n)`` gives the first n values of a row ``[>= n]``
+    # as float32; ``bits`` is a scratch ``[_BLOCK]`` uint32 buffer and ``val`` its float32 view.
 
-    @njit
-    def fwd_bf16(x16, s16, u, theta, keep_u, lo, hi):  # pragma: no cover - compiled
-        """bf16 in (int16 bit view), bf16 spikes out, float32 membrane (u written if keep_u)."""
-        T = x16.shape[0]
-        m = np.zeros(_BLOCK, np.float32)
-        bits = np.zeros(_BLOCK, np.uint32)
-        cur = bits.view(np.float32)
-        f0 = np.float32(0.0)
-        one, zero = np.int16(BF16_ONE), np.int16(0)
-        for j0 in range(lo, hi, _BLOCK):
-            j1 = min(j0 + _BLOCK, hi)
-            n = j1 - j0
-            m[:] = f0
-            for t in range(T):
-                xr, sr = x16[t, j0:j1], s16[t, j0:j1]
-                for k in range(n):
-                    bits[k] = (np.uint32(xr[k]) & np.uint32(0xFFFF)) << np.uint32(16)
-                if keep_u:
-                    ur = u[t, j0:j1]
+    @inline
+    def f32_load(row, bits, val, n):  # pragma: no cover - compiled
+        """A float32 row is read as it is."""
+        return row
+
+    @inline
+    def bf16_load(row, bits, val, n):  # pragma: no cover - compiled
+        """A bf16 row (int16 bit view) widened exactly to float32 in ``val``."""
+        for k in range(n):
+            bits[k] = (np.uint32(row[k]) & np.uint32(0xFFFF)) << np.uint32(16)
+        return val
+
+    def forward_kernel(load: Callable[..., Any]) -> Any:
+        """The IF forward kernel, reading its input rows with ``load`` (f32_load or bf16_load)."""
+
+        @njit
+        def fwd(x, s, u, theta, one, zero, keep_u, lo, hi):  # pragma: no cover - compiled
+            """Input currents x ``[T, N]`` in (float32, or bf16 as int16 bits for bf16_load), spikes
+            written to s ``[T, N]`` as ``one``/``zero`` of s's dtype, float32 pre-spike membrane to
+            u ``[T, N]`` if keep_u, for the columns ``[lo, hi)``."""
+            T = x.shape[0]
+            m = np.zeros(_BLOCK, np.float32)
+            bits = np.zeros(_BLOCK, np.uint32)
+            val = bits.view(np.float32)
+            f0 = np.float32(0.0)
+            for j0 in range(lo, hi, _BLOCK):
+                j1 = min(j0 + _BLOCK, hi)
+                n = j1 - j0
+                m[:] = f0
+                for t in range(T):
+                    xr, sr = load(x[t, j0:j1], bits, val, n), s[t, j0:j1]
+                    if keep_u:
+                        ur = u[t, j0:j1]
+                        for k in range(n):
+                            ur[k] = m[k] + xr[k]
                     for k in range(n):
-                        ur[k] = m[k] + cur[k]
-                for k in range(n):
-                    v = m[k] + cur[k]
-                    spike = v >= theta
-                    sr[k] = one if spike else zero
-                    m[k] = f0 if spike else v
+                        v = m[k] + xr[k]
+                        spike = v >= theta
+                        sr[k] = one if spike else zero
+                        m[k] = f0 if spike else v
+
+        return fwd
 
     def backward_kernels(surrogate: ScalarGrad) -> tuple[object, object]:
         """(float32, bfloat16) BPTT kernels with the surrogate ``surrogate(d, g)`` built in."""
@@ -152,10 +152,10 @@ def _build() -> dict[str, object] | None:
     bwd: dict[str, tuple[object, object]] = {}
     for name, spec in SURROGATES.items():
         if spec.scalar is not None:
-            register_jitable(inline="always")(spec.scalar)
+            inline(spec.scalar)
             bwd[name] = backward_kernels(spec.scalar)
 
-    return {"fwd": fwd, "fwd_bf16": fwd_bf16, "bwd": bwd}
+    return {"fwd": forward_kernel(f32_load), "fwd_bf16": forward_kernel(bf16_load), "bwd": bwd}
 
 
 def available() -> bool:
@@ -199,24 +199,19 @@ def forward(x: torch.Tensor, threshold: float, keep_u: bool, out_dtype: torch.dt
     T = x.shape[0]
     if x.dtype == torch.bfloat16:
         n = x[0].numel()
-        spikes = torch.empty(x.shape, dtype=torch.bfloat16)
-        u = torch.empty(x.shape, dtype=torch.float32) if keep_u else torch.empty(1, 1)
-        u_np = u.reshape(T, n).numpy() if keep_u else u.numpy()
-        _run(kernels["fwd_bf16"], n, x.view(torch.int16).reshape(T, n).numpy(),  # type: ignore[index]
-             spikes.view(torch.int16).reshape(T, n).numpy(), u_np, np.float32(threshold), keep_u)
-        return spikes, (u if keep_u else None)
-    x2 = x.reshape(T, -1)
-    n = x2.shape[1]
+        fwd, x_np, out_dtype = kernels["fwd_bf16"], x.view(torch.int16).reshape(T, n).numpy(), torch.bfloat16  # type: ignore[index]
+    else:
+        x_np = x.reshape(T, -1).numpy()
+        fwd, n = kernels["fwd"], x_np.shape[1]  # type: ignore[index]
     spikes = torch.empty(x.shape, dtype=out_dtype)
     if out_dtype == torch.bfloat16:
         s_np, one = spikes.view(torch.int16).reshape(T, n).numpy(), BF16_ONE
     else:
         s_np, one = spikes.reshape(T, n).numpy(), 1.0
     one_t, zero_t = s_np.dtype.type(one), s_np.dtype.type(0)
-    theta = np.float32(threshold)
     u = torch.empty(x.shape, dtype=torch.float32) if keep_u else torch.empty(1, 1)
     u_np = u.reshape(T, n).numpy() if keep_u else u.numpy()
-    _run(kernels["fwd"], n, x2.numpy(), s_np, u_np, theta, one_t, zero_t, keep_u)  # type: ignore[index]
+    _run(fwd, n, x_np, s_np, u_np, np.float32(threshold), one_t, zero_t, keep_u)
     return spikes, (u if keep_u else None)
 
 
