@@ -78,10 +78,6 @@ class CacheInfo:
     siblings: dict[str, Path] = field(default_factory=dict)
     failed: list[tuple[str, str]] = field(default_factory=list)
 
-    @property
-    def framing_config(self) -> FramingConfig:
-        return FramingConfig.from_dict(self.framing)
-
 
 @dataclass
 class BuildResult:

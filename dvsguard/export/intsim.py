@@ -551,11 +551,6 @@ def stream(net: SimNet, frames: np.ndarray, time_steps: int, reset_offset: int =
     return {"spikes": rec, "v_out": v_out, "steps": steps}
 
 
-def lava_index(layer: int, sample: int, frame: int, time_steps: int) -> int:
-    """Index (step − 1) in a Lava sink recording of layer ``layer`` (0-based) for a frame."""
-    return sample * time_steps + (layer + 1) + frame
-
-
 def frame_aligned(recording: np.ndarray, layer: int, n_samples: int, time_steps: int) -> np.ndarray:
     """Lava sink recording ``[steps, *shape]`` of layer ``layer`` (0-based) → ``[N, T, *shape]``."""
     start = layer + 1
