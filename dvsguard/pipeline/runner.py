@@ -184,16 +184,30 @@ def fingerprint(config: Any, inputs: list[str]) -> str:
 
 
 class State:
-    """The run folder's record of started and finished stages (written atomically)."""
+    """The run folder's record of its pipeline and of started and finished stages (written atomically).
 
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / STATE_FILE
-        self.data: dict[str, Any] = {"stages": {}}
+    A run folder belongs to one pipeline (its name and file): another pipeline pointed at it is
+    refused before anything runs, so it cannot retrain and replace that run's checkpoints.
+    """
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        self.path = cfg.run_dir / STATE_FILE
+        self.identity = {"name": cfg.name, "file": str(cfg.path.resolve())}
+        self.data: dict[str, Any] = {"pipeline": self.identity, "stages": {}}
         if self.path.exists():
             try:
-                self.data = json.loads(self.path.read_text())
-            except json.JSONDecodeError as exc:
+                data = json.loads(self.path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise DvsguardError(f"{self.path}: run state is corrupt ({exc}); remove it to start over") from None
+            if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
+                raise DvsguardError(f"{self.path}: run state is not a record of stages; remove it to start over")
+            owner = data.get("pipeline", self.identity)
+            if owner != self.identity:
+                raise ConfigError(
+                    f"{cfg.path}: run_dir {cfg.run_dir} holds the run of pipeline {owner.get('name')!r} "
+                    f"({owner.get('file')}); give this pipeline a run_dir of its own"
+                )
+            self.data = {**data, "pipeline": self.identity}
 
     def get(self, name: str) -> dict[str, Any]:
         return self.data["stages"].get(name, {})
@@ -255,11 +269,26 @@ PLAN_LABELS = {"unselected": "skip (not selected)", "unchanged": "skip (unchange
 RUN_LABELS = {"unselected": "skipped", "unchanged": "skipped", "resume": "resumed", "run": "ran"}
 
 
+def check_stages(cfg: PipelineConfig, stages_: list[Stage], results: Results) -> None:
+    """Build every stage's ``Config`` (earlier outputs as placeholders) and run the stage's own
+    ``check`` where it has one, so that a bad setting stops the pipeline before anything runs."""
+    from dvsguard.errors import AttackError
+
+    for stage in stages_:
+        try:
+            config = stage.config(results)
+            if hasattr(stage.module, "check"):
+                stage.module.check(config)
+        except (ConfigError, AttackError) as exc:
+            raise ConfigError(f"{cfg.path}: stage {stage.name}: {exc}") from None
+
+
 def plan(cfg: PipelineConfig, start: str | None = None, only: str | None = None) -> list[dict[str, Any]]:
     """What a run would do: per stage its name, action, ``Config`` and the equivalent command line."""
-    state = State(cfg.run_dir)
+    state = State(cfg)
     results = state.results()
     stages_ = build_stages(cfg)
+    check_stages(cfg, stages_, results)
     forced = _selected(stages_, start, only)
     rows = []
     for stage in stages_:
@@ -273,9 +302,10 @@ def plan(cfg: PipelineConfig, start: str | None = None, only: str | None = None)
 def run_pipeline(cfg: PipelineConfig, start: str | None = None, only: str | None = None) -> dict[str, Any]:
     """Run the pipeline; return {"run_dir", "state", "stages": {name: action}, "results": {...}, "seconds"}."""
     t0 = time.monotonic()
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    state = State(cfg.run_dir)
+    state = State(cfg)
     stages_ = build_stages(cfg)
+    check_stages(cfg, stages_, state.results())
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
     forced = _selected(stages_, start, only)
     actions: dict[str, str] = {}
     for stage in stages_:
@@ -287,6 +317,8 @@ def run_pipeline(cfg: PipelineConfig, start: str | None = None, only: str | None
         config = step.config
         if step.action == "resume":
             config = dataclasses.replace(config, resume=True)
+        elif stage.resumable:  # a training run replaces its folder only once it has written a checkpoint
+            config = dataclasses.replace(config, overwrite=True)
         elif stage.out_dir is not None and stage.out_dir.exists():
             shutil.rmtree(stage.out_dir)
         log.info("stage %s: dvsguard %s", stage.name, " ".join(command_line(stage.command, config)))

@@ -59,20 +59,33 @@ class AnalyzeResult(Result):
         ) + f"\nwritten to {self.out_dir}"
 
 
+def check(config: Config) -> None:
+    """Refuse settings the measurements would refuse (and a bad gradient mode) before anything runs."""
+    from dvsguard.attack.base import parse_mode
+
+    _settings(config)
+    if config.grad_mode is not None:
+        parse_mode(config.grad_mode)
+
+
+def _settings(config: Config) -> Any:
+    from dvsguard.analyze.analysis import AnalysisSettings
+
+    return AnalysisSettings(eps=config.eps, theory_eps=config.theory_eps, mc_draws=config.mc_draws,
+                            adv_steps=config.adv_steps, fd_steps=config.fd_steps, pgd_eps=config.pgd_eps,
+                            pgd_steps=config.pgd_steps, batch=config.batch, limit=config.limit or None,
+                            grad_mode=config.grad_mode)
+
+
 def run(config: Config) -> AnalyzeResult:
     """Load the checkpoints and the split's samples, measure every model, write the figures and JSON."""
-    from dvsguard.analyze.analysis import (
-        AnalysisSettings, analyze_models, check_compatible, load_samples, model_name,
-    )
+    from dvsguard.analyze.analysis import analyze_models, check_compatible, load_samples, model_name
     from dvsguard.errors import ConfigError
     from dvsguard.snn.checkpoint import load_model
 
     if not config.checkpoints:
         raise ConfigError("analyze needs at least one checkpoint")
-    settings = AnalysisSettings(eps=config.eps, theory_eps=config.theory_eps, mc_draws=config.mc_draws,
-                                adv_steps=config.adv_steps, fd_steps=config.fd_steps, pgd_eps=config.pgd_eps,
-                                pgd_steps=config.pgd_steps, batch=config.batch, limit=config.limit or None,
-                                grad_mode=config.grad_mode)
+    settings = _settings(config)
     samples = load_samples(config.cache, config.split, settings.limit, config.seed)
     taken: set[str] = set()
     models: dict[str, tuple[Any, dict[str, Any]]] = {}

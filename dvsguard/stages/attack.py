@@ -69,15 +69,26 @@ class AttackResult(Result):
         return f"{self.table}\n\n{self.n_samples} samples; written: {', '.join(self.paths.values())}"
 
 
+def check(config: Config) -> None:
+    """Refuse unknown attack names and gradient modes before anything runs."""
+    _eval_config(config)
+
+
+def _eval_config(config: Config) -> Any:
+    from dvsguard.attack.evaluate import EvalConfig
+
+    return EvalConfig(attacks=tuple(a.lower() for a in config.attacks), eps=config.eps, ensemble=config.ensemble,
+                      modes=config.modes, batch_size=config.batch, limit=config.limit, seed=config.seed,
+                      pgd_alpha=config.alpha)
+
+
 def run(config: Config) -> AttackResult:
     """Evaluate ``checkpoint`` on the ``split`` sibling of ``cache``; rank 0 writes attack.json/.md (and the PNG).
 
     Under ``torchrun`` each rank takes every ``world``-th sample and the counts are summed.
     """
     from dvsguard.attack.ensemble import has_spiking_neurons, paper_modes
-    from dvsguard.attack.evaluate import (
-        EvalConfig, cache_batches, evaluate, gather, markdown_table, result_keys, rows, select_indices,
-    )
+    from dvsguard.attack.evaluate import cache_batches, evaluate, gather, markdown_table, result_keys, rows, select_indices
     from dvsguard.data.cache import open_cache, split_path
     from dvsguard.errors import AttackError
     from dvsguard.progress import make_progress
@@ -85,9 +96,7 @@ def run(config: Config) -> AttackResult:
     from dvsguard.train import distributed
 
     t0 = time.perf_counter()
-    cfg = EvalConfig(attacks=tuple(a.lower() for a in config.attacks), eps=config.eps, ensemble=config.ensemble,
-                     modes=config.modes, batch_size=config.batch, limit=config.limit, seed=config.seed,
-                     pgd_alpha=config.alpha)
+    cfg = _eval_config(config)
     target, _ = load_model(config.checkpoint)
     source_model = load_model(config.source)[0] if config.source is not None else None
     test_path = Path(split_path(config.cache, config.split))

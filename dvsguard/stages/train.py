@@ -42,6 +42,8 @@ class Config:
     device: str = option("auto", "auto (GPU if present), cpu, cuda or cuda:N.")
     amp: bool = option(False, "bf16 autocast for convolutions and linear layers.")
     resume: bool = option(False, "Continue the run in --out from its last checkpoint.", wired=True)
+    overwrite: bool = option(False, "Replace an earlier run in --out (kept in --out/previous/ until the new run's "
+                                    "first checkpoint is written).", wired=True)
     init: Path | None = option(None, "Start from this trained checkpoint's weights (same preset and data).",
                                wired=True)
     fixed_point: bool = option(False, "Fine-tune --init in Loihi 2 fixed point: the model trained is the integer "
@@ -51,7 +53,7 @@ class Config:
         """The :class:`~dvsguard.train.trainer.TrainConfig` (what determines the result) of these options."""
         from dvsguard.train.trainer import TrainConfig
 
-        run_only = {"out", "workers", "threads", "device", "resume"}
+        run_only = {"out", "workers", "threads", "device", "resume", "overwrite"}
         values = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in run_only}
         values["cache"] = str(self.cache)
         values["init"] = str(self.init) if self.init is not None else None
@@ -83,10 +85,18 @@ class TrainResult(Result):
                 f"(epoch {self.best_epoch})\nlast: {self.last}\nbest: {self.best}")
 
 
+def check(config: Config) -> None:
+    """Refuse settings the trainer would refuse (defense, optimizer, preset, …) before anything runs."""
+    from dvsguard.snn.vgg import VGGConfig
+
+    config.train_config()
+    VGGConfig.preset(config.preset)
+
+
 def run(config: Config) -> TrainResult:
     """Train (or resume) into ``config.out``."""
     from dvsguard.train.trainer import train
 
     done = train(config.train_config(), config.out, resume=config.resume, workers=config.workers,
-                 device=config.device, threads=config.threads)
+                 device=config.device, threads=config.threads, overwrite=config.overwrite)
     return TrainResult(**done)

@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ from dvsguard.train.optimizer import OPTIMIZERS, make_optimizer
 log = logging.getLogger(__name__)
 
 LAST, BEST, METRICS, CONFIG = "last.pt", "best.pt", "metrics.jsonl", "config.json"
+RUN_FILES = (LAST, BEST, METRICS, CONFIG)
+PREVIOUS = "previous"  # where --overwrite keeps the replaced run until the new one has a checkpoint
 TRAINER_FORMAT = "dvsguard-trainer/1"
 DEFAULT_WEIGHT_DECAY = 5e-4
 
@@ -270,10 +273,11 @@ class Trainer:
     """One training run in ``out_dir`` (use :func:`train`)."""
 
     def __init__(self, cfg: TrainConfig, out_dir: str | os.PathLike, *, workers: int = 0, device: str = "auto",
-                 ctx: Context | None = None) -> None:
+                 ctx: Context | None = None, overwrite: bool = False) -> None:
         self.cfg = cfg
         self.out = Path(out_dir)
         self.workers = workers
+        self.overwrite = overwrite
         self.ctx = ctx or dist_utils.setup(device)
         self.info = open_cache(cfg.cache)
         self.test_path = split_path(self.info, "test")
@@ -398,13 +402,25 @@ class Trainer:
         return True
 
     def _start_fresh(self) -> None:
+        """Begin a new run in ``out``. An earlier run there is refused, or with ``overwrite`` moved
+        to ``out/previous/`` (removed once the new run's first checkpoint exists)."""
+        earlier = [name for name in RUN_FILES if (self.out / name).exists()]
+        if earlier and not self.overwrite:
+            raise TrainError(f"{self.out}: holds an earlier run ({', '.join(earlier)}); pass --resume to continue it "
+                             f"or --overwrite to replace it")
         if not self.ctx.is_main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        if (self.out / LAST).exists():
-            log.warning("%s holds an earlier run; starting over (pass --resume to continue it)", self.out)
-            for name in (LAST, BEST):
-                (self.out / name).unlink(missing_ok=True)
+        previous = self.out / PREVIOUS
+        if earlier and previous.is_dir() and not any((self.out / n).exists() for n in (LAST, BEST)):
+            for name in earlier:  # an attempt that wrote no checkpoint: previous/ still holds the run it replaces
+                (self.out / name).unlink()
+        elif earlier:
+            shutil.rmtree(previous, ignore_errors=True)
+            previous.mkdir()
+            for name in earlier:
+                os.replace(self.out / name, previous / name)
+            log.warning("%s: the earlier run is kept in %s until this run's first checkpoint is written", self.out, previous)
         write_text(self.out / METRICS, "")
 
     # --- the loop ---
@@ -489,6 +505,7 @@ class Trainer:
                 if improved:
                     save_checkpoint(self.out / BEST, self._payload(epoch + 1, metrics, None))
                 _append_line(self.out / METRICS, metrics)
+                shutil.rmtree(self.out / PREVIOUS, ignore_errors=True)  # the new run now has its checkpoints
                 robust = f" fgsm {metrics['robust_acc']:.3f}" if "robust_acc" in metrics else ""
                 log.info("epoch %d/%d loss %.4f acc %.3f test %.3f%s lr %.4g (%.1fs)", epoch + 1, cfg.epochs,
                          metrics["train_loss"], metrics["train_acc"], metrics["test_acc"], robust, lr, metrics["seconds"])
@@ -514,12 +531,15 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False, workers: int = 0,
-          device: str = "auto", threads: int | None = None) -> dict[str, Any]:
+          device: str = "auto", threads: int | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train a SpikingVGG on ``cfg.cache`` with ``cfg.defense``; write checkpoints and metrics to ``out_dir``.
 
     Joins a ``torchrun`` process group when launched by one (DDP; rank 0 logs and writes).
     ``threads`` sets torch's intra-op CPU threads (default: torch's choice); ``workers`` is the
     number of DataLoader processes. Neither changes the settings a resumed run must match.
+    An earlier run in ``out_dir`` is never deleted implicitly: without ``resume`` it is refused,
+    and with ``overwrite`` it is kept in ``out_dir/previous/`` until the new run's first checkpoint
+    is written (so a run that fails in its first epoch loses nothing).
     Returns a summary (paths written, epochs run, best and final accuracies). Raises
     TrainError on a nan/inf loss (the last good checkpoint stays), ConfigError on bad
     settings, CacheError/CheckpointError on bad files.
@@ -535,7 +555,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
         torch.set_num_threads(threads)
     ctx = dist_utils.setup(device)
     try:
-        return Trainer(cfg, out_dir, workers=workers, ctx=ctx).run(resume=resume)
+        return Trainer(cfg, out_dir, workers=workers, ctx=ctx, overwrite=overwrite).run(resume=resume)
     finally:
         dist_utils.teardown(ctx)
         torch.use_deterministic_algorithms(saved_deterministic[0], warn_only=saved_deterministic[1])

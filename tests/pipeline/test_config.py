@@ -140,3 +140,27 @@ def test_bad_fine_tuning_keys_name_file_and_key(tmp_path: Path, extra: str, mess
     with pytest.raises(ConfigError, match="p.toml") as info:
         load_pipeline(write(tmp_path, MINIMAL + extra))
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('defense = "vanilla"', None),
+    ('defense = "trades"', "stage train:b: defense 'trades' is unknown"),
+    ('defense = "sr"\npreset = "huge"', "stage train:b: unknown model preset 'huge'"),
+    ('defense = "sr"\noptimizer = "lion"', "[train.1] key 'optimizer': expected one of sgd, adam"),
+    ('defense = "sr"\n[attack]\nattacks = ["clean", "deepfool"]', "stage attack:a: unknown attack 'deepfool'"),
+    ('defense = "sr"\n[analyze]\ngrad_mode = "zigzag:1"', "stage analyze:"),
+    ('defense = "sr"\n[export]\nmodel = "a"\nverify = -1', "[export] key 'verify': must be >= 0"),
+])
+def test_every_setting_is_checked_before_anything_runs(tmp_path: Path, extra: str, message: str | None) -> None:
+    """A bad setting of any stage stops the pipeline before the data stages run (nothing is written)."""
+    from dvsguard.pipeline import run_pipeline
+
+    path = write(tmp_path, MINIMAL + '[[train]]\nname = "b"\n' + extra + "\n")
+    if message is None:
+        assert [r["stage"] for r in plan(load_pipeline(path))] == ["synth", "preprocess", "train:a", "train:b"]
+        return
+    with pytest.raises(ConfigError) as info:
+        cfg = load_pipeline(path)
+        run_pipeline(cfg)
+    assert str(path) in str(info.value) and message in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "run").exists()

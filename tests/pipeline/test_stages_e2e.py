@@ -110,3 +110,22 @@ def test_predict_on_the_recordings_agrees_with_its_rows(tiny_run: dict, tmp_path
     rows = list(csv.DictReader(out.open()))
     assert result.n_files == len(rows) == 60 and result.n_failed == 0 and result.exit_code == 0
     assert result.accuracy == pytest.approx(sum(row["correct"] == "True" for row in rows) / 60, abs=1e-6)
+
+
+def test_another_pipeline_cannot_take_over_a_finished_run_folder(tiny_run: dict, tmp_path: Path) -> None:
+    from dvsguard.errors import ConfigError
+    from dvsguard.pipeline import load_pipeline, plan, run_pipeline
+
+    run = Path(tiny_run["run_dir"])
+    state = json.loads((run / "pipeline_state.json").read_text())
+    checkpoints = {p: p.read_bytes() for p in run.glob("train/*/*.pt")}
+    original = Path(state["pipeline"]["file"]).read_text()
+    for name, text in (("other", original.replace('name = "tiny"', 'name = "other"')), ("copy", original)):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(text)
+        cfg = load_pipeline(path)
+        for attempt in (lambda: plan(cfg), lambda: run_pipeline(cfg)):
+            with pytest.raises(ConfigError, match=r"holds the run of pipeline 'tiny' .*give this pipeline a run_dir of its own"):
+                attempt()
+    assert {p: p.read_bytes() for p in run.glob("train/*/*.pt")} == checkpoints
+    assert json.loads((run / "pipeline_state.json").read_text()) == state

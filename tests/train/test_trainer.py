@@ -264,3 +264,49 @@ def test_train_leaves_torch_settings_as_it_found_them(digits_cache, tmp_path):
     assert before[0] is False
     train(_cfg(digits_cache, epochs=1), tmp_path / "run", threads=1)
     assert (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()) == before
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+
+
+def test_an_earlier_run_is_refused_without_resume_or_overwrite(digits_cache, tmp_path, one_thread):
+    run = tmp_path / "run"
+    train(_cfg(digits_cache, epochs=1), run, device="cpu")
+    before = _files(run)
+    with pytest.raises(TrainError, match=r"run: holds an earlier run \(last\.pt, best\.pt, metrics\.jsonl, config\.json\); "
+                                         r"pass --resume to continue it or --overwrite to replace it"):
+        train(_cfg(digits_cache, epochs=1, lr=0.05), run, device="cpu")
+    assert _files(run) == before
+
+
+def test_overwrite_keeps_the_earlier_run_until_the_new_one_has_a_checkpoint(digits_cache, tmp_path, one_thread,
+                                                                             monkeypatch):
+    run = tmp_path / "run"
+    train(_cfg(digits_cache, epochs=1), run, device="cpu")
+    before = _files(run)
+
+    def fail_at_first_epoch(*args, **kwargs):
+        raise TrainError("epoch 1 step 1: loss is nan")
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_train_epoch", fail_at_first_epoch)
+    with pytest.raises(TrainError, match="loss is nan"):
+        train(_cfg(digits_cache, epochs=1, lr=0.05), run, device="cpu", overwrite=True)
+    assert _files(run / "previous") == before  # nothing of the earlier run is lost
+    with pytest.raises(TrainError, match="loss is nan"):  # a second failed attempt keeps it too
+        train(_cfg(digits_cache, epochs=1, lr=0.05), run, device="cpu", overwrite=True)
+    assert _files(run / "previous") == before
+    monkeypatch.undo()
+    done = train(_cfg(digits_cache, epochs=1, lr=0.05), run, device="cpu", overwrite=True)
+    assert not (run / "previous").exists() and done["epochs"] == 1
+    assert load_checkpoint(run / "last.pt")["train"]["lr"] == 0.05
+
+
+def test_init_from_the_folder_being_overwritten_starts_from_its_weights(digits_cache, tmp_path, one_thread):
+    run = tmp_path / "run"
+    train(_cfg(digits_cache, epochs=1), run, device="cpu")
+    start = _state(run / "best.pt")
+    done = train(_cfg(digits_cache, epochs=1, init=str(run / "best.pt"), lr=1e-9), run, device="cpu", overwrite=True)
+    assert done["epochs"] == 1 and not (run / "previous").exists()
+    after = _state(run / "last.pt")
+    assert all(torch.allclose(after[k].float(), start[k].float(), atol=1e-4) for k in start if "running" not in k and "num_batches" not in k)  # BN statistics still move
