@@ -178,9 +178,7 @@ def _info_from_file(f: h5py.File, path: Path, require_complete: bool = True) -> 
         if f[name].shape != (n,):
             raise CacheError(f"{path}: {name} has shape {f[name].shape}, frames hold {n} samples")
     if n and require_complete:
-        lab = labels[()]
-        if lab.min() < 0 or lab.max() >= len(classes):
-            raise CacheError(f"{path}: labels outside 0..{len(classes) - 1}")
+        _check_labels(labels[()], len(classes), path)
     siblings = {k: path.parent / v for k, v in _json_attr(f, "siblings", path).items()}
     failed = [tuple(x) for x in _json_attr(f, "failed", path)] if "failed" in f.attrs else []
     return CacheInfo(
@@ -199,6 +197,20 @@ def _info_from_file(f: h5py.File, path: Path, require_complete: bool = True) -> 
         siblings=siblings,
         failed=failed,  # type: ignore[arg-type]
     )
+
+
+def _check_labels(lab: np.ndarray, n_classes: int, path: Path) -> None:
+    """Refuse labels that are not integer class indices 0..n_classes-1 (NaN, fractions, other types)."""
+    span = f"0..{n_classes - 1}"
+    if lab.dtype.kind not in "iu":
+        if lab.dtype.kind == "f" and np.isnan(lab).any():
+            first = int(np.flatnonzero(np.isnan(lab))[0])
+            raise CacheError(f"{path}: labels are {lab.dtype} with NaN (first at sample {first}), "
+                             f"expected integer class indices {span}")
+        raise CacheError(f"{path}: labels are {lab.dtype}, expected integer class indices {span}")
+    bad = np.flatnonzero((lab < 0) | (lab >= n_classes))
+    if len(bad):
+        raise CacheError(f"{path}: labels outside {span} ({lab[bad[0]]} at sample {int(bad[0])})")
 
 
 def _open_h5(path: Path, mode: str = "r") -> h5py.File:

@@ -276,6 +276,26 @@ def test_damaged_cache_is_detected(good_cache: Path, damage, message: str) -> No
     assert str(good_cache) in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (np.r_[np.zeros(5), np.nan, np.zeros(6)], r"labels are float64 with NaN \(first at sample 5\)"),
+        (np.full(12, 0.5), "labels are float64, expected integer class indices 0..2"),
+        (np.r_[np.zeros(11, np.int64), -1], r"labels outside 0..2 \(-1 at sample 11\)"),
+    ],
+)
+def test_non_integer_or_nan_labels_are_refused(good_cache: Path, labels: np.ndarray, message: str) -> None:
+    from dvsguard.data.dataset import FrameDataset
+
+    with h5py.File(good_cache, "r+") as f:
+        del f["labels"]
+        f.create_dataset("labels", data=labels)
+    for read in (open_cache, FrameDataset):  # what train and attack open
+        with pytest.raises(CacheError, match=message) as err:
+            read(good_cache)
+        assert str(err.value).startswith(f"{good_cache}: ")
+
+
 def test_damaged_finished_cache_is_not_reused(good_cache: Path, items: list[tuple[Path, int]]) -> None:
     data = good_cache.read_bytes()
     good_cache.write_bytes(data[: len(data) // 3])
