@@ -94,6 +94,30 @@ def _int_or_none(text: str) -> int | None:
         return None
 
 
+def _check_listed_paths(labels_file: Path, root: Path, lines: list[int], rels: list[str], paths: list[Path]) -> None:
+    """Refuse a labels file that lists a recording twice (it would land in both splits or carry
+    two classes) or a path that leaves ``root`` (``../x.npz``, an absolute path elsewhere).
+
+    Paths are compared normalised (``a/../b.npz`` is ``b.npz``) without following symbolic links,
+    so a folder of links to recordings stored elsewhere still works, as it does without a labels file.
+    """
+    top = Path(os.path.normpath(os.path.abspath(root)))
+    first: dict[Path, tuple[int, str]] = {}
+    for line, rel, path in zip(lines, rels, paths):
+        where = Path(os.path.normpath(os.path.abspath(path)))
+        try:
+            where.relative_to(top)
+        except ValueError:
+            raise ConfigError(f"{labels_file}:{line}: {rel} lies outside the folder {root}") from None
+        if where == top:
+            raise ConfigError(f"{labels_file}:{line}: {rel!r} names the folder {root} itself, not a recording")
+        seen = first.setdefault(where, (line, rel))
+        if seen[0] != line:
+            also = f" (as {seen[1]})" if seen[1] != rel else ""
+            raise ConfigError(f"{labels_file}:{line}: {rel} is listed again, first on line {seen[0]}{also}; "
+                              "each recording needs exactly one row")
+
+
 def read_labels(labels_file: Path, root: Path) -> tuple[list[Item], list[str]]:
     """Items and classes from a CSV with a header row.
 
@@ -104,7 +128,11 @@ def read_labels(labels_file: Path, root: Path) -> tuple[list[Item], list[str]]:
     """
     try:
         with open(labels_file, newline="") as fh:
-            rows = list(csv.DictReader(fh))
+            reader = csv.DictReader(fh)
+            rows, lines = [], []
+            for row in reader:
+                rows.append(row)
+                lines.append(reader.line_num)  # blank lines are skipped: count the file's own lines
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ConfigError(f"{labels_file}: cannot read labels ({exc})") from None
     if not rows:
@@ -124,11 +152,12 @@ def read_labels(labels_file: Path, root: Path) -> tuple[list[Item], list[str]]:
          (row.get(label_col) or "").strip() if label_col else "")
         for row in rows
     ]
-    for line, (rel, name, label) in enumerate(raw, start=2):
+    for line, (rel, name, label) in zip(lines, raw):
         if not rel or not (name or label):
             raise ConfigError(f"{labels_file}:{line}: empty path or class")
     indices = [_int_or_none(label) for _, _, label in raw]
     paths = [Path(rel) if Path(rel).is_absolute() else root / rel for rel, _, _ in raw]
+    _check_listed_paths(labels_file, root, lines, [rel for rel, _, _ in raw], paths)
     if label_col is not None and all(i is not None for i in indices):
         by_index: dict[int, str] = {}
         for (_, name, label), i in zip(raw, indices):

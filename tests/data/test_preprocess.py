@@ -172,3 +172,40 @@ def test_cifar10dvs_source_in_the_original_aedat2_layout(tmp_path: Path) -> None
     ds = FrameDataset(result.train)
     assert sorted(set(ds.labels.tolist())) == [0, 3]  # airplane, cat
     assert tuple(ds[0][0].shape) == (10, 2, 48, 48)
+
+
+@pytest.mark.parametrize("second", ["cat/cat1.npz,cat", "./cat/../cat/cat1.npz,dog"], ids=["same-class", "other-class"])
+def test_labels_file_listing_a_recording_twice_is_refused(tmp_path: Path, second: str) -> None:
+    src = class_folders(tmp_path / "src", per_class=10)
+    rows = ["path,label"] + [f"{p.relative_to(src)},{p.relative_to(src).parts[0]}" for p in sorted(src.rglob("*.npz"))]
+    rows.insert(4, "")  # a blank line does not shift the line numbers reported
+    rows.append(second)
+    (src / "labels.csv").write_text("\n".join(rows) + "\n")
+    first = next(i for i, r in enumerate(rows, start=1) if r.startswith("cat/cat1.npz,"))
+    pattern = rf"labels\.csv:{len(rows)}: .*cat1\.npz is listed again, first on line {first}"
+    with pytest.raises(ConfigError, match=pattern):
+        preprocess(str(src), tmp_path / "cache", workers=1, progress=False)
+    proc = run_cli("preprocess", "src", "--cache-dir", "cache", cwd=tmp_path)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("dvsguard: error: ") and "src/labels.csv:" in last and "listed again" in last
+    assert not list((tmp_path / "cache").glob("*.h5"))
+
+
+@pytest.mark.parametrize("outside", ["../outside.npz", "cat/../../outside.npz", "ABS"])
+def test_labels_file_path_leaving_the_folder_is_refused(tmp_path: Path, outside: str) -> None:
+    src = class_folders(tmp_path / "src", per_class=3)
+    write_recording(tmp_path / "outside.npz", seed=99)
+    if outside == "ABS":
+        outside = str(tmp_path / "outside.npz")
+    rows = ["path,label"] + [f"{p.relative_to(src)},{p.relative_to(src).parts[0]}" for p in sorted(src.rglob("*.npz"))]
+    rows.append(f"{outside},dog")
+    (src / "labels.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ConfigError, match=rf"labels\.csv:{len(rows)}: .*outside\.npz lies outside the folder"):
+        preprocess(str(src), tmp_path / "cache", workers=1, progress=False)
+    # inside the folder, absolute or with '..' that stays inside, is fine
+    rows[-1] = f"{src / 'cat' / 'deep' / '..' / 'cat1.npz'},cat"
+    rows[1] = "dog/../" + rows[1]
+    (src / "labels.csv").write_text("\n".join(rows[:1] + rows[2:]) + "\n")
+    items, _ = read_labels(src / "labels.csv", src)
+    assert len(items) == 6
