@@ -323,7 +323,7 @@ def predict(
     framing = FramingConfig.from_dict(data.get("framing") or {})
     classes = list(data.get("classes") or [str(i) for i in range(model.cfg.num_classes)])
     value_range = tuple(data.get("value_range") or framing.value_range)
-    files = find_recordings(root, exclude=out_path.parent if out_path.parent != root else None)
+    files = find_recordings(root, exclude=out_path)  # only the output file, not its folder of recordings
     if not files:
         raise RecordingError(f"{root}: no recordings found")
     truth = _labels_for(files, root, labels, classes)

@@ -67,17 +67,23 @@ def _natural(text: str) -> tuple[Any, ...]:
 
 
 def find_recordings(root: Path, exclude: Path | None = None) -> list[Path]:
-    """Recording files under ``root`` (recursive; hidden files/folders and ``exclude`` skipped)."""
+    """Recording files under ``root`` (recursive; hidden files/folders skipped).
+
+    ``exclude`` is skipped: a folder with everything under it (a cache folder inside the
+    source), or a single file (an output written among the recordings).
+    """
     suffixes = _suffixes()
     exclude_r = exclude.resolve() if exclude is not None else None
+
+    def excluded(path: Path) -> bool:
+        return exclude_r is not None and path.name == exclude_r.name and path.resolve() == exclude_r
+
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
-        dirnames[:] = sorted(
-            d for d in dirnames if not d.startswith(".") and (exclude_r is None or (here / d).resolve() != exclude_r)
-        )
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not excluded(here / d))
         for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in suffixes:
+            if not name.startswith(".") and Path(name).suffix.lower() in suffixes and not excluded(here / name):
                 found.append(here / name)
     return sorted(found, key=lambda p: _natural(str(p.relative_to(root))))
 

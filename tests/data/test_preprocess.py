@@ -14,7 +14,7 @@ from dvsguard.data.cache import open_cache, split_path
 from dvsguard.data.dataset import FrameDataset
 from dvsguard.data.events import EVENT_DTYPE, write_npz
 from dvsguard.data.frames import FramingConfig
-from dvsguard.data.preprocess import list_folder, preprocess, read_labels
+from dvsguard.data.preprocess import find_recordings, list_folder, preprocess, read_labels
 from dvsguard.errors import ConfigError, RecordingError
 
 
@@ -209,3 +209,13 @@ def test_labels_file_path_leaving_the_folder_is_refused(tmp_path: Path, outside:
     (src / "labels.csv").write_text("\n".join(rows[:1] + rows[2:]) + "\n")
     items, _ = read_labels(src / "labels.csv", src)
     assert len(items) == 6
+
+
+def test_find_recordings_excludes_a_file_alone_or_a_whole_folder(tmp_path: Path) -> None:
+    src = class_folders(tmp_path / "src", per_class=3)
+    names = lambda files: sorted(str(f.relative_to(src)) for f in files)  # noqa: E731
+    every = names(find_recordings(src))
+    assert len(every) == 6
+    assert names(find_recordings(src, exclude=src / "cat" / "cat1.npz")) == [n for n in every if n != "cat/cat1.npz"]
+    assert names(find_recordings(src, exclude=src / "cat" / "preds.csv")) == every
+    assert names(find_recordings(src, exclude=src / "cat")) == [n for n in every if n.startswith("dog/")]

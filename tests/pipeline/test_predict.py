@@ -83,6 +83,20 @@ def test_labels_accuracy_and_attack_jsonl(folder_and_model, tmp_path: Path) -> N
     assert all(r["label"] == int(Path(r["path"]).parent.name[-1]) for r in rows)
 
 
+def test_output_inside_a_class_folder_skips_only_the_output_file(folder_and_model, tmp_path: Path) -> None:
+    digits, ckpt = folder_and_model
+    folder = tmp_path / "digits"
+    shutil.copytree(digits, folder)
+    out = folder / "digit0" / "preds.csv"
+    proc = run_predict(str(folder), "--model", str(ckpt), "--out", str(out), "--labels", "folders", "--workers", "0")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    rows = list(csv.DictReader(open(out)))
+    assert result["n_files"] == len(rows) == 20
+    assert sum(Path(r["path"]).parent.name == "digit0" for r in rows) == 2
+    assert all(Path(r["path"]).name != "preds.csv" for r in rows)
+
+
 def test_bad_arguments(folder_and_model, tmp_path: Path) -> None:
     digits, ckpt = folder_and_model
     proc = run_predict(str(digits), "--model", str(ckpt), "--out", str(tmp_path / "x.txt"))
