@@ -95,10 +95,11 @@ def _normalise(
         for name, col in columns.items():
             if not (np.issubdtype(col.dtype, np.number) or col.dtype == np.bool_):
                 raise RecordingError(f"{path}: field {name!r} is not numeric (dtype {col.dtype})")
+            if np.issubdtype(col.dtype, np.complexfloating):
+                raise RecordingError(f"{path}: field {name!r} is complex (dtype {col.dtype})")
+        _check_values(path, columns)
         t = columns["t"]
         if np.issubdtype(t.dtype, np.floating):
-            if not np.all(np.isfinite(t)):
-                raise RecordingError(f"{path}: non-finite timestamps")
             t = np.rint(t)
         x = columns["x"].astype(np.int64)
         y = columns["y"].astype(np.int64)
@@ -131,6 +132,35 @@ def _normalise(
     if n > 1 and np.any(events["t"][1:] < events["t"][:-1]):
         events = events[np.argsort(events["t"], kind="stable")]
     return Recording(events, (w, h, 2))
+
+
+_WHAT = {"x": "pixel coordinates", "y": "pixel coordinates", "t": "timestamps", "p": "polarity values"}
+_T_LIMIT = 2.0**62  # µs (about 146 000 years): beyond it int64 microseconds overflow or lose meaning
+_XY_LIMIT = np.iinfo(np.int16).max
+
+
+def _check_values(path: Path, columns: dict[str, np.ndarray]) -> None:
+    """Refuse values that cannot be converted to :data:`EVENT_DTYPE` faithfully: NaN/inf in any
+    field, fractional pixel coordinates, coordinates beyond int16 and timestamps beyond int64 µs."""
+    for name, col in columns.items():
+        what = _WHAT[name]
+        if np.issubdtype(col.dtype, np.floating) and not np.all(np.isfinite(col)):
+            kind = "NaN" if np.isnan(col).any() else "inf"
+            first = int(np.flatnonzero(~np.isfinite(col))[0])
+            raise RecordingError(f"{path}: non-finite {what} ({kind} in field {name!r}, first at event {first})")
+        if col.dtype == np.bool_:
+            continue
+        if name in ("x", "y"):
+            if np.issubdtype(col.dtype, np.floating) and np.any(col != np.floor(col)):
+                first = int(np.flatnonzero(col != np.floor(col))[0])
+                raise RecordingError(f"{path}: non-integer {what} in field {name!r} ({float(col[first]):g} at event {first})")
+            if col.max() > _XY_LIMIT:
+                raise RecordingError(f"{path}: {what} in field {name!r} reach {col.max():.6g}, beyond any sensor "
+                                     f"(at most {_XY_LIMIT})")
+        if name == "t" and (col.max() > _T_LIMIT or col.min() < -_T_LIMIT):
+            worst = col.max() if col.max() > _T_LIMIT else col.min()
+            raise RecordingError(f"{path}: timestamps reach {float(worst):.6g} µs, beyond 64-bit microseconds "
+                                 f"(|t| at most {_T_LIMIT:.3g})")
 
 
 def _pick_fields(path: Path, names: tuple[str, ...] | list[str], what: str) -> dict[str, str]:

@@ -197,6 +197,28 @@ def test_raw_geometry_header_is_used(tmp_path: Path) -> None:
     assert read_events(tmp_path / "b.raw").sensor_size == (320, 320, 2)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "cause"),
+    [
+        ("t", 1e300, "timestamps reach 1e+300 µs, beyond 64-bit microseconds"),
+        ("t", np.inf, "non-finite timestamps (inf in field 't', first at event 3)"),
+        ("p", np.nan, "non-finite polarity values (NaN in field 'p', first at event 3)"),
+        ("x", np.nan, "non-finite pixel coordinates (NaN in field 'x', first at event 3)"),
+        ("y", 2.5, "non-integer pixel coordinates in field 'y' (2.5 at event 3)"),
+        ("x", 1e300, "pixel coordinates in field 'x' reach 1e+300, beyond any sensor"),
+    ],
+)
+def test_float_fields_that_do_not_convert_are_refused(tmp_path: Path, field: str, value: float, cause: str) -> None:
+    ev = make_events(10)
+    cols = {f: ev[f].astype(np.float64) for f in ("x", "y", "t", "p")}
+    cols[field][3] = value
+    np.savez(tmp_path / "f.npz", **cols)
+    with pytest.raises(RecordingError) as info:
+        read_events(tmp_path / "f.npz")
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'f.npz'}: ") and cause in message, message
+
+
 # ----------------------------------------------------------------------------- real recordings
 
 
