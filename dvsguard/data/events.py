@@ -384,6 +384,35 @@ def _raw_encoding(path: Path, info: dict[str, str]) -> str:
     raise RecordingError(f"{path}: .raw header names no event encoding ('% evt 2.0' or '% evt 3.0' expected)")
 
 
+_DAT_CD_TYPES = (0x00, 0x0C)  # event type byte of CD events: older (ATIS, Gen1) and Metavision writers
+_DAT_JITTER_US = 1_000_000  # a backwards step larger than this (and not a 32-bit wrap) is not a camera's
+
+
+def _check_dat(path: Path, header: int) -> None:
+    """Refuse a DAT body that is not CD events: its event type/size bytes, polarities (0 or 1)
+    and 32-bit timestamps (non-decreasing but for jitter and wraps past 2**32 µs) are checked
+    on the raw words, as the decoder accepts any bytes."""
+    with path.open("rb") as fh:
+        fh.seek(header)
+        ev_type, ev_size = fh.read(2)
+    if ev_size != 8:
+        raise RecordingError(f"{path}: Prophesee DAT header declares {ev_size}-byte events, expected 8 (CD events)")
+    if ev_type not in _DAT_CD_TYPES:
+        raise RecordingError(f"{path}: Prophesee DAT event type 0x{ev_type:02x} is not CD events (0x00 or 0x0c)")
+    words = np.memmap(path, dtype="<u4", mode="r", offset=header + 2).reshape(-1, 2)
+    ts, polarity = words[:, 0].astype(np.int64), words[:, 1] >> 28
+    if polarity.max() > 1:
+        first = int(np.flatnonzero(polarity > 1)[0])
+        raise RecordingError(f"{path}: Prophesee DAT polarity {int(polarity[first])} at event {first} "
+                             "(CD events carry 0 or 1); not an event stream")
+    step = np.diff(ts)
+    back = np.flatnonzero((step < -_DAT_JITTER_US) & (step > -(1 << 31)))
+    if len(back):
+        i = int(back[0]) + 1
+        raise RecordingError(f"{path}: Prophesee DAT timestamps go back from {ts[i - 1]} to {ts[i]} µs at event {i}; "
+                             "not an event stream")
+
+
 def _read_prophesee(path: Path) -> tuple[dict[str, np.ndarray], tuple[int, int] | None, tuple[int, int]]:
     from expelliarmus import Wizard
 
@@ -399,6 +428,8 @@ def _read_prophesee(path: Path) -> tuple[dict[str, np.ndarray], tuple[int, int] 
             f"{path}: truncated Prophesee {encoding.upper()} stream "
             f"({body} bytes is not a multiple of {_WORD_BYTES[encoding]})"
         )
+    if encoding == "dat":
+        _check_dat(path, header)
     try:
         arr = Wizard(encoding=encoding).read(path)
     except Exception as exc:

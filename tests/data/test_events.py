@@ -197,6 +197,47 @@ def test_raw_geometry_header_is_used(tmp_path: Path) -> None:
     assert read_events(tmp_path / "b.raw").sensor_size == (320, 320, 2)
 
 
+DAT_HEADER = b"% Date 2021-03-04 10:11:12\n% Version 2\n% Width 304\n% Height 240\n"
+
+
+def _dat_words(ts: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray) -> bytes:
+    words = np.empty((len(ts), 2), dtype="<u4")
+    words[:, 0] = ts
+    words[:, 1] = x | (y << 14) | (p.astype(np.uint32) << 28)
+    return words.tobytes()
+
+
+def test_dat_header_followed_by_random_bytes_is_refused(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    noise = rng.integers(0, 256, 8 * 400, dtype=np.uint8).tobytes()
+    cases = {
+        # random where the event type/size bytes should be
+        "noise.dat": (DAT_HEADER + bytes([0x9A, 0x31]) + noise, "declares 49-byte events, expected 8"),
+        "type.dat": (DAT_HEADER + b"\x07\x08" + noise, "event type 0x07 is not CD events"),
+        # a valid CD type/size, then random words
+        "words.dat": (DAT_HEADER + b"\x00\x08" + noise, "polarity"),
+        # random timestamps although every polarity is 0 or 1
+        "times.dat": (DAT_HEADER + b"\x0c\x08" + _dat_words(
+            rng.integers(0, 2**32, 400), rng.integers(0, 304, 400), rng.integers(0, 240, 400),
+            rng.integers(0, 2, 400)), "timestamps go back from"),
+    }
+    for name, (data, cause) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(RecordingError) as info:
+            read_events(tmp_path / name)
+        message = str(info.value)
+        assert message.startswith(f"{tmp_path / name}: ") and cause in message, message
+
+
+def test_dat_with_jitter_and_a_32_bit_wrap_is_still_read(tmp_path: Path) -> None:
+    ts = np.array([2**32 - 300, 2**32 - 200, 2**32 - 250, 2**32 - 100, 50, 120], dtype=np.int64)
+    n = len(ts)
+    data = DAT_HEADER + b"\x00\x08" + _dat_words(ts, np.arange(n), np.full(n, 3), np.arange(n) % 2)
+    (tmp_path / "ok.dat").write_bytes(data)
+    rec = read_events(tmp_path / "ok.dat")
+    assert len(rec.events) == n and sorted(rec.events["x"].tolist()) == list(range(n))
+
+
 @pytest.mark.parametrize(
     ("field", "value", "cause"),
     [
