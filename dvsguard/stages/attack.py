@@ -101,6 +101,9 @@ def run(config: Config) -> AttackResult:
     source_model = load_model(config.source)[0] if config.source is not None else None
     test_path = Path(split_path(config.cache, config.split))
     info = open_cache(test_path)
+    if info.n_samples == 0:
+        failed = f" (all {len(info.failed)} of its recordings failed to read)" if info.failed else ""
+        raise AttackError(f"{test_path}: the {config.split} split holds no samples{failed}; nothing to attack")
     n_classes = target.cfg.num_classes
     if len(info.classes) != n_classes:
         raise AttackError(f"{config.checkpoint}: model has {n_classes} classes but {test_path} has "

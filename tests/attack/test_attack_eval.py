@@ -141,6 +141,24 @@ def test_cli_errors_are_one_line(digits_cache, digits_checkpoints, tmp_path) -> 
     assert proc.returncode == 2 and "--split" in proc.stderr and "validation" in proc.stderr
 
 
+def test_split_with_no_samples_is_an_error_naming_the_cache(digits_cache, digits_checkpoints, tmp_path) -> None:
+    from dvsguard.data.cache import build_cache, open_cache
+    from dvsguard.data.frames import FramingConfig
+
+    (target, _), info = digits_checkpoints, open_cache(digits_cache)
+    names = {"train": "d-train.h5", "test": "d-test.h5"}
+    empty = tmp_path / names["test"]
+    build_cache(empty, [], classes=info.classes, cfg=FramingConfig.from_dict(info.framing), split="test",
+                siblings=names, workers=1, progress=False)
+    assert open_cache(empty).n_samples == 0
+    with pytest.raises(AttackError, match=r"d-test\.h5: the test split holds no samples"):
+        run(target, empty, attacks=("clean", "fgsm"), out=tmp_path / "api")
+    proc = run_cli("attack", str(target), "--cache", str(empty), "--attacks", "clean,fgsm", "--out", str(tmp_path))
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == f"dvsguard: error: {empty}: the test split holds no samples; nothing to attack"
+    assert not (tmp_path / "attack.json").exists()
+
+
 @pytest.mark.slow
 def test_torchrun_two_ranks_match_one_process(digits_cache, digits_checkpoints, tmp_path) -> None:
     train, (target, source) = digits_cache, digits_checkpoints
