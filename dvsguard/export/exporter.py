@@ -28,6 +28,9 @@ from dvsguard.export.quantize import QuantizedNet, quantize_model
 log = logging.getLogger(__name__)
 
 GENERIC_STEMS = {"last", "best", "final", "checkpoint", "model"}
+MAX_TIME_STEPS = 10_000
+"""Most frames T per sample an export takes: Loihi runs one time step per frame (and resets
+every T steps); a larger T in a checkpoint is a damaged or foreign framing record."""
 
 
 @dataclass
@@ -63,6 +66,8 @@ def export_model(
     """
     if not name or "/" in name or name.startswith("."):
         raise ExportError(f"invalid export name {name!r}")
+    if isinstance(time_steps, bool) or not isinstance(time_steps, (int, np.integer)) or not 1 <= time_steps <= MAX_TIME_STEPS:
+        raise ExportError(f"time steps T must be an integer 1..{MAX_TIME_STEPS}, got {time_steps!r}")
     out = Path(out_dir)
     q = quantize_model(model, input_shape, input_scale, time_steps, scales)
     table = resource_table(q)
@@ -105,6 +110,7 @@ def export_checkpoint(ckpt: str | os.PathLike[str], out_dir: str | os.PathLike[s
     framing = data.get("framing")
     if not isinstance(framing, dict) or "count_cap" not in framing or "n_frames" not in framing:
         raise ExportError(f"{ckpt}: no framing (count_cap, n_frames) recorded in the checkpoint's data entry")
+    _check_framing(ckpt, framing)
     cfg = model.cfg
     h, w = int(framing.get("height", cfg.input_size)), int(framing.get("width", cfg.input_size))
     if (h, w) != (cfg.input_size, cfg.input_size):
@@ -131,6 +137,18 @@ def export_checkpoint(ckpt: str | os.PathLike[str], out_dir: str | os.PathLike[s
         scales=scales,
     )
     return result, model, payload
+
+
+def _check_framing(ckpt: Path, framing: dict[str, Any]) -> None:
+    """Refuse a framing record whose T (``n_frames``) or ``count_cap`` no real cache has."""
+    t, cap = framing["n_frames"], framing["count_cap"]
+    if isinstance(t, bool) or not isinstance(t, int) or t < 1:
+        raise ExportError(f"{ckpt}: framing n_frames is {t!r}, expected a positive integer (frames per sample)")
+    if t > MAX_TIME_STEPS:
+        raise ExportError(f"{ckpt}: framing claims T = {t} frames per sample; export takes at most "
+                          f"{MAX_TIME_STEPS} (one Loihi time step per frame)")
+    if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap <= 255 or cap != int(cap):
+        raise ExportError(f"{ckpt}: framing count_cap is {cap!r}, expected an integer 1..255")
 
 
 def _recorded_scales(ckpt: Path, payload: dict[str, Any], count_cap: float, n_frames: int) -> dict[str, float] | None:

@@ -99,3 +99,36 @@ def test_nan_weights_and_missing_framing_are_refused(tmp_path: Path, capsys: pyt
     code, _, err = run_cli(["export", str(tmp_path / "junk.pt")], capsys)
     assert code == 1 and "junk.pt" in err and len(err.strip().splitlines()) == 1
     assert not list(tmp_path.glob("*.net"))
+
+
+@pytest.mark.parametrize(
+    ("n_frames", "count_cap", "message"),
+    [
+        (10**8, 3, "framing claims T = 100000000 frames per sample; export takes at most 10000"),
+        (10_001, 3, "framing claims T = 10001 frames"),
+        (0, 3, "framing n_frames is 0, expected a positive integer"),
+        (4.5, 3, "framing n_frames is 4.5, expected a positive integer"),
+        (4, float("nan"), "framing count_cap is nan, expected an integer 1..255"),
+    ],
+)
+def test_implausible_framing_in_the_checkpoint_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          n_frames: object, count_cap: object, message: str) -> None:
+    model = tiny_model()
+    s = model.cfg.input_size
+    data = {"framing": {"n_frames": n_frames, "mode": "events", "height": s, "width": s, "count_cap": count_cap},
+            "classes": [str(i) for i in range(model.cfg.num_classes)], "value_range": [0.0, 1.0]}
+    ckpt = save_checkpoint(tmp_path / "claims.pt", {"model": model_payload(model), "data": data})
+    code, out, err = run_cli(["export", str(ckpt), "--out", str(tmp_path / "exp")], capsys)
+    assert code == 1 and out == ""
+    assert err.startswith(f"dvsguard: error: {ckpt}: ") and message in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("exp/*.net"))
+
+
+def test_export_model_bounds_time_steps(tmp_path: Path) -> None:
+    from dvsguard.errors import ExportError
+    from dvsguard.export.exporter import MAX_TIME_STEPS, export_model
+
+    with pytest.raises(ExportError, match=f"time steps T must be an integer 1..{MAX_TIME_STEPS}, got 100000000"):
+        export_model(tiny_model(), tmp_path, "x", input_shape=(2, 16, 16), input_scale=3, time_steps=10**8)
+    assert not list(tmp_path.iterdir())
