@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dvsguard.data.cache import Item, build_cache, cache_key, cache_paths
+from dvsguard.atomic import disk_full
+from dvsguard.data.cache import PARTIAL_SUFFIX, Item, build_cache, cache_key, cache_paths
 from dvsguard.data.frames import FramingConfig
-from dvsguard.errors import ConfigError, RecordingError
+from dvsguard.errors import ConfigError, OutputError, RecordingError
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,18 @@ def _source_name(text: str) -> str:
     return name or "recordings"
 
 
+def _disk_full(exc: BaseException, path: Path) -> None:
+    """On a full disk: remove the half-written ``.partial`` of the cache ``path`` (it takes the space,
+    and a failed HDF5 write may have left it unreadable) and raise ``OutputError`` naming ``path``."""
+    reason = disk_full(exc)
+    if reason is None:
+        return
+    path.with_name(path.name + PARTIAL_SUFFIX).unlink(missing_ok=True)
+    if isinstance(exc, OutputError):
+        raise exc
+    raise OutputError(f"{path}: {reason}") from exc
+
+
 def preprocess(
     source: str,
     cache_dir: str | os.PathLike = "data_cache",
@@ -220,10 +233,14 @@ def preprocess(
     siblings = {k: p.name for k, p in paths.items()}
     results = {}
     for split in ("train", "test"):
-        results[split] = build_cache(
-            paths[split], splits[split], classes=classes, cfg=cfg, split=split, source=name,
-            siblings=siblings, source_root=source_root, key=key, workers=workers, progress=progress,
-        )
+        try:
+            results[split] = build_cache(
+                paths[split], splits[split], classes=classes, cfg=cfg, split=split, source=name,
+                siblings=siblings, source_root=source_root, key=key, workers=workers, progress=progress,
+            )
+        except (OSError, OutputError) as exc:
+            _disk_full(exc, paths[split])
+            raise
     failed = results["train"].failed + results["test"].failed
     n_train, n_test = results["train"].n_samples, results["test"].n_samples
     if n_train + n_test == 0:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dvsguard.atomic import atomic_path
+from dvsguard.atomic import atomic_open
 from dvsguard.errors import CheckpointError, ConfigError
 from dvsguard.snn.vgg import SpikingVGG, VGGConfig
 
@@ -43,14 +43,16 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Pa
     """Write ``payload`` to ``path`` atomically (:func:`dvsguard.atomic.atomic_path`).
 
     Adds ``"format"`` if absent. Creates the parent folder. Returns the path. A crash
-    mid-write leaves the previous file (if any) intact.
+    mid-write leaves the previous file (if any) intact; a full disk is an ``OutputError``
+    naming ``path`` (torch writes through the Python file, so the OSError is not lost in a
+    ``RuntimeError`` of torch's zip writer).
     """
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: checkpoint payload must be a dict, got {type(payload).__name__}")
     path = Path(path)
     data = payload if "format" in payload else {"format": FORMAT, **payload}
-    with atomic_path(path) as tmp:
-        torch.save(data, tmp)
+    with atomic_open(path, "wb") as fh:
+        torch.save(data, fh)
     log.debug("saved checkpoint %s", path)
     return path
 

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dvsguard.atomic import write_text
+from dvsguard.atomic import remove_stale, write_text
 from dvsguard.attack import fgsm
 from dvsguard.data.cache import CacheInfo, open_cache, split_path
 from dvsguard.data.dataset import make_loader
@@ -462,6 +462,9 @@ class Trainer:
     def run(self, resume: bool = False) -> dict[str, Any]:
         cfg, ctx = self.cfg, self.ctx
         started = time.perf_counter()
+        if ctx.is_main and self.out.is_dir():  # temporaries of a writer killed mid-checkpoint
+            for stale in remove_stale(self.out, RUN_FILES):
+                log.info("%s: removed a temporary file left by an interrupted write", stale)
         if not (resume and self.resume()):
             self._start_fresh()
         if ctx.is_main:
