@@ -9,6 +9,7 @@ split is deterministic, 9:1 per class (:func:`split_train_test`); both caches sh
 from __future__ import annotations
 
 import csv
+import errno
 import logging
 import os
 import re
@@ -68,19 +69,39 @@ def _natural(text: str) -> tuple[Any, ...]:
 
 
 def find_recordings(root: Path, exclude: Path | None = None) -> list[Path]:
-    """Recording files under ``root`` (recursive; hidden files/folders and ``exclude`` skipped)."""
+    """Recording files under ``root`` (recursive; hidden files/folders and ``exclude`` skipped).
+
+    A symbolic link that leads back to itself (a loop) is skipped with a warning; links into
+    folders are not followed, so a folder loop is never walked.
+    """
     suffixes = _suffixes()
     exclude_r = exclude.resolve() if exclude is not None else None
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         dirnames[:] = sorted(
-            d for d in dirnames if not d.startswith(".") and (exclude_r is None or (here / d).resolve() != exclude_r)
+            d for d in dirnames if not d.startswith(".") and (exclude_r is None or _resolve(here / d) != exclude_r)
         )
         for name in filenames:
             if not name.startswith(".") and Path(name).suffix.lower() in suffixes:
+                if _is_loop(here / name):
+                    log.warning("%s: skipped, a symbolic link loop", here / name)
+                    continue
                 found.append(here / name)
     return sorted(found, key=lambda p: _natural(str(p.relative_to(root))))
+
+
+def _resolve(path: Path) -> Path:
+    """``path`` made absolute with links followed as far as they go (no error on a loop)."""
+    return Path(os.path.realpath(path))
+
+
+def _is_loop(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 def _column(header: list[str], choices: tuple[str, ...]) -> str | None:
