@@ -110,6 +110,13 @@ def run(config: Config) -> AttackResult:
     if source_model is not None and source_model.cfg.num_classes != n_classes:
         raise AttackError(f"{config.source}: source model has {source_model.cfg.num_classes} classes, "
                           f"target {n_classes}")
+    for path, model in ((config.checkpoint, target), (config.source, source_model)):
+        if model is not None and (info.height, info.width) != (model.cfg.input_size, model.cfg.input_size):
+            raise AttackError(f"{path}: the model takes {model.cfg.input_size}x{model.cfg.input_size} frames but "
+                              f"{test_path} holds {info.height}x{info.width} frames; expected a cache framed at "
+                              f"the model's size")
+    if info.n_samples == 0:
+        raise AttackError(f"{test_path}: holds no samples; expected at least one to attack")
     value_range = (float(info.value_range[0]), float(info.value_range[1]))
 
     ctx = distributed.setup("cpu")
