@@ -10,21 +10,63 @@ temporary file was created with.
 * :func:`replace` is the last step of both, for a file built elsewhere in the target's
   folder (the frame cache's resumable ``.partial`` file).
 * :func:`fsync_path` fsyncs a file or a folder by path.
+
+A write that fails because the disk is full or the quota is used up (ENOSPC, EDQUOT) is
+raised as :class:`~dvsguard.errors.OutputError` naming the target (``<path>: no space left
+on device``); :func:`disk_full` tells such an error apart. Temporary files are named
+``.<name>.XXXX.tmp`` (:data:`TEMP_PREFIX`/:data:`TEMP_SUFFIX`); :func:`remove_stale` removes
+those a killed writer left in a folder.
 """
 
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from dvsguard.errors import OutputError
+
 # errors of fsync on a folder that mean "not supported by this file system", not "not written"
 _DIR_FSYNC_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
+
+
+# errors of a write that mean "the disk (or the user's quota) is full", and how to say so
+_DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+TEMP_SUFFIX = ".tmp"
+
+
+def disk_full(exc: BaseException) -> str | None:
+    """``"no space left on device"`` / ``"disk quota exceeded"`` when ``exc`` (or its cause) is such an OSError."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            return _DISK_FULL[exc.errno]
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return None
+
+
+def remove_stale(folder: str | os.PathLike[str], names: Iterable[str]) -> list[Path]:
+    """Remove the temporary files :func:`atomic_path` left in ``folder`` for the targets ``names``.
+
+    Only files named like this module's temporaries (``.<name>.<8 characters>.tmp``) of those
+    names are removed, nothing else; a writer killed mid-write leaves them behind. Returns the
+    paths removed.
+    """
+    folder = Path(folder)
+    removed = []
+    for name in names:
+        prefix = f".{name}."
+        for tmp in folder.glob(f"{glob.escape(prefix)}*{TEMP_SUFFIX}"):
+            middle = tmp.name[len(prefix):-len(TEMP_SUFFIX)]
+            if tmp.is_file() and not tmp.is_symlink() and len(middle) == 8 and "." not in middle:
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed
 
 
 def _umask() -> int:
@@ -71,19 +113,32 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     The temporary file exists (empty) when the block starts; the writer may open it or
     overwrite it by name, and must have closed it when the block ends. Then it is moved
     over ``path`` with :func:`replace`. On an exception the temporary file is removed and
-    ``path`` is left as it was. The parent folder is created.
+    ``path`` is left as it was. The parent folder is created. A full disk or quota
+    (while creating, writing, fsyncing or renaming) is raised as ``OutputError`` naming ``path``.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
+    except OSError as exc:
+        _raise_disk_full(exc, target)
+        raise
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
         replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        _raise_disk_full(exc, target)
         raise
+
+
+def _raise_disk_full(exc: BaseException, target: Path) -> None:
+    """Raise ``OutputError("<target>: no space left on device")`` if ``exc`` is a full disk or quota."""
+    reason = disk_full(exc)
+    if reason is not None and not isinstance(exc, OutputError):
+        raise OutputError(f"{target}: {reason}") from exc
 
 
 @contextmanager

@@ -81,9 +81,31 @@ def main(argv: list[str] | None = None) -> None:
             raise
         sys.stderr.write(f"dvsguard: error: {exc}\n")
         sys.exit(1)
+    except OSError as exc:  # a write or read the library did not expect to fail: one line naming the file
+        if debug:
+            raise
+        sys.stderr.write(f"dvsguard: error: {_os_error(exc)}\n")
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.stderr.write("dvsguard: interrupted\n")
         sys.exit(130)
+
+
+def _os_error(exc: OSError) -> str:
+    """``<path>: no space left on device`` (or the system's reason) for an OSError, on one line."""
+    from dvsguard.atomic import disk_full
+
+    reason = disk_full(exc) or (exc.strerror or " ".join(str(exc).split()) or type(exc).__name__).lower()
+    where = exc.filename if exc.filename is not None else _h5_filename(str(exc))
+    return f"{where}: {reason}" if where else reason
+
+
+def _h5_filename(text: str) -> str | None:
+    """The file an HDF5 write error names (``filename = '...'``), or None."""
+    import re
+
+    found = re.search(r"filename = '([^']*)'", text)
+    return found.group(1) if found else None
 
 
 def _cli_type(tp: Any, opt: Option) -> Any:

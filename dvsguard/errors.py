@@ -31,3 +31,7 @@ class AttackError(DvsguardError):
 
 class ExportError(DvsguardError):
     """A model cannot be exported to netx (names the layer and the value)."""
+
+
+class OutputError(DvsguardError):
+    """An output cannot be written: the disk is full, or the path is of the wrong kind (names the path)."""

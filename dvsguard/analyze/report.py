@@ -102,18 +102,41 @@ class RunLayout:
     extra_analyses: dict[str, Path] = field(default_factory=dict)  # train/<name>/analysis folders
 
 
-def _read_json(path: Path) -> Any | None:
+_READ: list[Path] = []  # the files read by the section being built, to name one when its content is malformed
+
+
+def _text(path: Path, what: str = "JSON") -> str:
+    """``path``'s UTF-8 text; ConfigError naming the file when it is binary."""
+    _READ.append(path)
     try:
-        return json.loads(path.read_text())
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: binary content, expected {what} text") from None
+
+
+def _read_json(path: Path, obj: bool = True) -> Any | None:
+    """The JSON in ``path``; None (with a warning) when unreadable or half written.
+
+    A binary file, or (with ``obj``) JSON that is not an object, is a ConfigError naming the file.
+    """
+    try:
+        doc = json.loads(_text(path))
     except (OSError, json.JSONDecodeError) as exc:
         log.warning("%s: skipped (%s)", path, exc)
         return None
+    if obj and not isinstance(doc, dict):
+        raise ConfigError(f"{path}: holds a JSON {_json_kind(doc)}, expected an object")
+    return doc
+
+
+def _json_kind(doc: Any) -> str:
+    return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(doc), "number")
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
     try:
-        lines = path.read_text().splitlines()
+        lines = _text(path).splitlines()
     except OSError as exc:
         log.warning("%s: skipped (%s)", path, exc)
         return rows
@@ -262,7 +285,7 @@ def overview_section(layout: RunLayout) -> Section:
                 sec.items.append(Section(f"Data: {name}", [kv_table(_flat(result))], level=3))
     for toml in sorted(layout.root.glob("*.toml")):
         try:
-            sec.items.append(Section(f"Pipeline file: {toml.name}", [Pre(toml.read_text())], level=3))
+            sec.items.append(Section(f"Pipeline file: {toml.name}", [Pre(_text(toml, "TOML"))], level=3))
         except OSError as exc:
             log.warning("%s: skipped (%s)", toml, exc)
     return sec
@@ -339,7 +362,7 @@ def attack_section(layout: RunLayout) -> Section | None:
                 sub.items.append(kv_table(info))
         tables = attack_tables(doc) if doc is not None else []
         if not tables and (folder / "attack.md").is_file():
-            tables = markdown_tables((folder / "attack.md").read_text())
+            tables = markdown_tables(_text(folder / "attack.md", "Markdown"))
         if tables:
             sub.items.append(Text("Accuracy (%) under attack:"))
         sub.items += tables
@@ -419,7 +442,7 @@ def export_section(folder: Path | None, state: dict[str, Any] | None = None) -> 
         return None
     sec = Section("Export")
     for path in sorted(folder.glob("*.json")) if folder is not None else []:
-        doc = _read_json(path)
+        doc = _read_json(path, obj=False)
         if doc is None:
             continue
         sub = Section(path.name, level=3)
@@ -532,6 +555,17 @@ def render_markdown(title: str, sections: Sequence[Section], root: Path) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def _section(builder: Any, state: Path | None) -> Section | None:
+    """``builder()``; a file of the run with values of the wrong JSON type is a ConfigError naming it
+    (the last file read, else the pipeline state ``state``)."""
+    _READ[:] = [state] if state is not None else []
+    try:
+        return builder()
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
+        where = _READ[-1] if _READ else "run folder"
+        raise ConfigError(f"{where}: unexpected content ({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+
+
 def build_report(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Write ``RUN_DIR/report.html`` and ``RUN_DIR/report.md``; return paths, sections and image count."""
     from dvsguard.atomic import write_text
@@ -539,12 +573,13 @@ def build_report(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     layout = discover(run_dir)
     root = layout.root
     assets = root / ASSETS
-    sections = [overview_section(layout)]
-    extra = [analysis_section(folder, f"Analysis: {name}") for name, folder in layout.extra_analyses.items()]
-    for sec in (training_section(layout, assets), attack_section(layout), analysis_section(layout.analyze), *extra,
-                export_section(layout.export, layout.state)):
-        if sec is not None:
-            sections.append(sec)
+    builders = [lambda: overview_section(layout), lambda: training_section(layout, assets),
+                lambda: attack_section(layout), lambda: analysis_section(layout.analyze),
+                *[lambda f=folder, n=name: analysis_section(f, f"Analysis: {n}")
+                  for name, folder in layout.extra_analyses.items()],
+                lambda: export_section(layout.export, layout.state)]
+    state = root / "pipeline_state.json" if layout.state is not None else None
+    sections = [sec for sec in (_section(b, state) for b in builders) if sec is not None]
     title = f"dvsguard run: {root.resolve().name}"
     page, n_images = render_html(title, sections)
     html_path = write_text(root / HTML_NAME, page)

@@ -108,7 +108,7 @@ def source_listing(items: Sequence[Item]) -> list[list[Any]]:
             size, mtime = st.st_size, st.st_mtime_ns
         except OSError:
             size, mtime = -1, -1
-        rows.append([str(Path(path).resolve()), size, mtime, int(label)])
+        rows.append([os.path.realpath(path), size, mtime, int(label)])
     return rows
 
 
@@ -301,7 +301,7 @@ def _frames_dataset(f: h5py.File, n: int, shape: tuple[int, ...], compression: s
 def _relative(path: Path, root: Path | None) -> str:
     if root is not None:
         try:
-            return str(Path(path).resolve().relative_to(root.resolve()))
+            return str(Path(os.path.realpath(path)).relative_to(os.path.realpath(root)))
         except ValueError:
             pass
     return str(path)

@@ -9,6 +9,7 @@ split is deterministic, 9:1 per class (:func:`split_train_test`); both caches sh
 from __future__ import annotations
 
 import csv
+import errno
 import logging
 import os
 import re
@@ -17,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dvsguard.data.cache import Item, build_cache, cache_key, cache_paths
+from dvsguard.atomic import disk_full
+from dvsguard.data.cache import PARTIAL_SUFFIX, Item, build_cache, cache_key, cache_paths
 from dvsguard.data.frames import FramingConfig
-from dvsguard.errors import ConfigError, RecordingError
+from dvsguard.errors import ConfigError, OutputError, RecordingError
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +72,15 @@ def find_recordings(root: Path, exclude: Path | None = None) -> list[Path]:
     """Recording files under ``root`` (recursive; hidden files/folders skipped).
 
     ``exclude`` is skipped: a folder with everything under it (a cache folder inside the
-    source), or a single file (an output written among the recordings).
+    source), or a single file (an output written among the recordings). A symbolic link that
+    leads back to itself (a loop) is skipped with a warning; links into folders are not
+    followed, so a folder loop is never walked.
     """
     suffixes = _suffixes()
-    exclude_r = exclude.resolve() if exclude is not None else None
+    exclude_r = _resolve(exclude) if exclude is not None else None
 
     def excluded(path: Path) -> bool:
-        return exclude_r is not None and path.name == exclude_r.name and path.resolve() == exclude_r
+        return exclude_r is not None and path.name == exclude_r.name and _resolve(path) == exclude_r
 
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -84,8 +88,24 @@ def find_recordings(root: Path, exclude: Path | None = None) -> list[Path]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not excluded(here / d))
         for name in filenames:
             if not name.startswith(".") and Path(name).suffix.lower() in suffixes and not excluded(here / name):
+                if _is_loop(here / name):
+                    log.warning("%s: skipped, a symbolic link loop", here / name)
+                    continue
                 found.append(here / name)
     return sorted(found, key=lambda p: _natural(str(p.relative_to(root))))
+
+
+def _resolve(path: Path) -> Path:
+    """``path`` made absolute with links followed as far as they go (no error on a loop)."""
+    return Path(os.path.realpath(path))
+
+
+def _is_loop(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 def _column(header: list[str], choices: tuple[str, ...]) -> str | None:
@@ -212,6 +232,18 @@ def _source_name(text: str) -> str:
     return name or "recordings"
 
 
+def _disk_full(exc: BaseException, path: Path) -> None:
+    """On a full disk: remove the half-written ``.partial`` of the cache ``path`` (it takes the space,
+    and a failed HDF5 write may have left it unreadable) and raise ``OutputError`` naming ``path``."""
+    reason = disk_full(exc)
+    if reason is None:
+        return
+    path.with_name(path.name + PARTIAL_SUFFIX).unlink(missing_ok=True)
+    if isinstance(exc, OutputError):
+        raise exc
+    raise OutputError(f"{path}: {reason}") from exc
+
+
 def preprocess(
     source: str,
     cache_dir: str | os.PathLike = "data_cache",
@@ -255,10 +287,14 @@ def preprocess(
     siblings = {k: p.name for k, p in paths.items()}
     results = {}
     for split in ("train", "test"):
-        results[split] = build_cache(
-            paths[split], splits[split], classes=classes, cfg=cfg, split=split, source=name,
-            siblings=siblings, source_root=source_root, key=key, workers=workers, progress=progress,
-        )
+        try:
+            results[split] = build_cache(
+                paths[split], splits[split], classes=classes, cfg=cfg, split=split, source=name,
+                siblings=siblings, source_root=source_root, key=key, workers=workers, progress=progress,
+            )
+        except (OSError, OutputError) as exc:
+            _disk_full(exc, paths[split])
+            raise
     failed = results["train"].failed + results["test"].failed
     n_train, n_test = results["train"].n_samples, results["test"].n_samples
     if n_train + n_test == 0:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dvsguard.atomic import atomic_path
+from dvsguard.atomic import atomic_open
 from dvsguard.errors import CheckpointError, ConfigError
 from dvsguard.snn.vgg import SpikingVGG, VGGConfig
 
@@ -43,14 +43,16 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Pa
     """Write ``payload`` to ``path`` atomically (:func:`dvsguard.atomic.atomic_path`).
 
     Adds ``"format"`` if absent. Creates the parent folder. Returns the path. A crash
-    mid-write leaves the previous file (if any) intact.
+    mid-write leaves the previous file (if any) intact; a full disk is an ``OutputError``
+    naming ``path`` (torch writes through the Python file, so the OSError is not lost in a
+    ``RuntimeError`` of torch's zip writer).
     """
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: checkpoint payload must be a dict, got {type(payload).__name__}")
     path = Path(path)
     data = payload if "format" in payload else {"format": FORMAT, **payload}
-    with atomic_path(path) as tmp:
-        torch.save(data, tmp)
+    with atomic_open(path, "wb") as fh:
+        torch.save(data, fh)
     log.debug("saved checkpoint %s", path)
     return path
 
@@ -84,23 +86,68 @@ def load_model(path: str | os.PathLike[str], map_location: str | torch.device = 
     """Rebuild the SpikingVGG stored in a checkpoint; returns ``(model in eval mode, payload)``.
 
     Raises CheckpointError if the config is invalid, a tensor is missing/unexpected or of
-    another shape than the config implies (naming the first such tensor), or a tensor
-    holds NaN/inf.
+    another shape than the config implies (naming the first such tensor), a tensor
+    holds NaN/inf, or the ``data`` entry (framing, class list) is inconsistent with the model.
     """
     payload = load_checkpoint(path, map_location)
     entry = payload.get("model")
     if not isinstance(entry, dict) or "config" not in entry or "state_dict" not in entry:
         raise CheckpointError(f"{path}: no 'model' entry with 'config' and 'state_dict'")
+    if not isinstance(entry["config"], dict):
+        raise CheckpointError(f"{path}: model config is a {type(entry['config']).__name__}, expected a dict")
     try:
         cfg = VGGConfig.from_dict(entry["config"])
-    except (ConfigError, TypeError) as e:
-        raise CheckpointError(f"{path}: invalid model config: {e}") from e
-    model = SpikingVGG(cfg)
+        model = SpikingVGG(cfg)
+    except (ConfigError, TypeError, ValueError, IndexError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{path}: invalid model config: {' '.join(str(e).split()) or type(e).__name__}") from e
+    check_data_entry(payload.get("data"), cfg, str(path))
     check_state_dict(model, entry["state_dict"], str(path))
     model.load_state_dict(entry["state_dict"])
     model.to(map_location)
     model.eval()
     return model, payload
+
+
+def check_data_entry(data: Any, cfg: VGGConfig, where: str) -> None:
+    """Raise CheckpointError unless the checkpoint's ``data`` entry (optional) agrees with the model.
+
+    ``classes`` must be a list of ``num_classes`` strings; ``framing`` a dict whose ``height`` and
+    ``width`` (when given) are the model's input size and it is a valid framing; ``value_range`` two numbers, low < high.
+    """
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{where}: 'data' entry is a {type(data).__name__}, expected a dict")
+    classes = data.get("classes")
+    if classes is not None:
+        if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
+            raise CheckpointError(f"{where}: 'data.classes' must be a list of class names, got {classes!r:.80}")
+        if len(classes) != cfg.num_classes:
+            raise CheckpointError(f"{where}: 'data.classes' lists {len(classes)} classes but the model has "
+                                  f"{cfg.num_classes} outputs")
+    framing = data.get("framing")
+    if framing is not None:
+        if not isinstance(framing, dict):
+            raise CheckpointError(f"{where}: 'data.framing' is a {type(framing).__name__}, expected a dict")
+        for key in ("height", "width"):
+            value = framing.get(key)
+            if value is not None and value != cfg.input_size:
+                raise CheckpointError(f"{where}: 'data.framing.{key}' is {value!r} but the model takes "
+                                      f"{cfg.input_size}x{cfg.input_size} frames")
+        from dvsguard.data.frames import FramingConfig
+
+        try:
+            FramingConfig.from_dict(framing)
+        except (ConfigError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{where}: 'data.framing' is invalid: {' '.join(str(e).split())}") from e
+    value_range = data.get("value_range")
+    if value_range is not None:
+        ok = (isinstance(value_range, (list, tuple)) and len(value_range) == 2
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value_range)
+              and value_range[0] < value_range[1])
+        if not ok:
+            raise CheckpointError(f"{where}: 'data.value_range' is {value_range!r:.80}, expected [low, high] "
+                                  f"with low < high")
 
 
 def check_state_dict(model: nn.Module, state: Any, where: str) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dvsguard.stages.base import Result, option
+from dvsguard.stages.base import SEED_MAX, Result, check_output, option
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,7 +34,7 @@ class Config:
     batch: int = option(32, "Samples per forward pass.", min=1)
     grad_mode: str | None = option(None, "Surrogate gradient for g and the attacks, e.g. sigmoid:4 or rga "
                                          "(default: the model's).")
-    seed: int = option(0, "Seed of the sample subset and of every random draw.")
+    seed: int = option(0, "Seed of the sample subset and of every random draw.", min=0, max=SEED_MAX)
 
 
 @dataclass
@@ -64,6 +64,7 @@ def check(config: Config) -> None:
     from dvsguard.attack.base import parse_mode
 
     _settings(config)
+    check_output(config.out, "--out", folder=True)
     if config.grad_mode is not None:
         parse_mode(config.grad_mode)
 
@@ -86,6 +87,7 @@ def run(config: Config) -> AnalyzeResult:
     if not config.checkpoints:
         raise ConfigError("analyze needs at least one checkpoint")
     settings = _settings(config)
+    check_output(config.out, "--out", folder=True)
     samples = load_samples(config.cache, config.split, settings.limit, config.seed)
     taken: set[str] = set()
     models: dict[str, tuple[Any, dict[str, Any]]] = {}

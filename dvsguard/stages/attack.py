@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dvsguard.stages.base import Result, option
+from dvsguard.stages.base import SEED_MAX, Result, check_output, option
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class Config:
                                  wired=True)
     limit: int | None = option(None, "Attack a fixed seeded subset of N samples.", min=1)
     batch: int = option(64, "Samples per batch.", min=1)
-    seed: int = option(0, "Seed of the random starts (per sample) and of the --limit subset.")
+    seed: int = option(0, "Seed of the random starts (per sample) and of the --limit subset.", min=0, max=SEED_MAX)
     alpha: float | None = option(None, "PGD step α in frame units, e.g. 0.01 or 2/255 (default 2.5·ε/k).", kind="eps")
     out: Path | None = option(None, "Folder for attack.json, attack.md, robust_vs_eps.png (default: the "
                                     "checkpoint's).", wired=True)
@@ -70,8 +70,9 @@ class AttackResult(Result):
 
 
 def check(config: Config) -> None:
-    """Refuse unknown attack names and gradient modes before anything runs."""
+    """Refuse unknown attack names and gradient modes (and an --out that is a file) before anything runs."""
     _eval_config(config)
+    check_output(config.out, "--out", folder=True)
 
 
 def _eval_config(config: Config) -> Any:
@@ -97,6 +98,7 @@ def run(config: Config) -> AttackResult:
 
     t0 = time.perf_counter()
     cfg = _eval_config(config)
+    check_output(config.out, "--out", folder=True)
     target, _ = load_model(config.checkpoint)
     source_model = load_model(config.source)[0] if config.source is not None else None
     test_path = Path(split_path(config.cache, config.split))
@@ -111,6 +113,13 @@ def run(config: Config) -> AttackResult:
     if source_model is not None and source_model.cfg.num_classes != n_classes:
         raise AttackError(f"{config.source}: source model has {source_model.cfg.num_classes} classes, "
                           f"target {n_classes}")
+    for path, model in ((config.checkpoint, target), (config.source, source_model)):
+        if model is not None and (info.height, info.width) != (model.cfg.input_size, model.cfg.input_size):
+            raise AttackError(f"{path}: the model takes {model.cfg.input_size}x{model.cfg.input_size} frames but "
+                              f"{test_path} holds {info.height}x{info.width} frames; expected a cache framed at "
+                              f"the model's size")
+    if info.n_samples == 0:
+        raise AttackError(f"{test_path}: holds no samples; expected at least one to attack")
     value_range = (float(info.value_range[0]), float(info.value_range[1]))
 
     ctx = distributed.setup("cpu")

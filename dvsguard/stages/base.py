@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from dvsguard.errors import ConfigError
+from dvsguard.errors import ConfigError, OutputError
 from dvsguard.units import eps_label, parse_eps, parse_eps_list
 
 Kind = Literal["value", "eps", "eps_list", "list"]
+SEED_MAX = 2**32 - 1  # seeds are given to numpy and torch; every stage takes 0 … 2³²−1
 META = "dvsguard"
 
 
@@ -36,6 +38,7 @@ class Option:
             on the CLI, a TOML array in a pipeline) or ``value``.
         argument: a positional CLI argument instead of an option.
         min, max: inclusive bounds of a number.
+        above: an exclusive lower bound (a learning rate must be > 0).
         wired: set by the pipeline runner from earlier stages' outputs (an input path, an output
             folder), so not a pipeline key.
         choices: the allowed values of a string.
@@ -48,6 +51,7 @@ class Option:
     argument: bool = False
     min: float | None = None
     max: float | None = None
+    above: float | None = None
     wired: bool = False
     choices: tuple[str, ...] | None = None
     allow_zero: bool = False
@@ -104,6 +108,8 @@ def _scalar(value: Any, tp: Any, opt: Option, where: str) -> Any:
         if not isinstance(value, (str, Path)) or not str(value):
             raise ConfigError(f"{where}: expected a path, got {value!r}")
         value = Path(value)
+    if opt.above is not None and value <= opt.above:
+        raise ConfigError(f"{where}: must be > {opt.above:g}, got {value!r}")
     if opt.min is not None and value < opt.min:
         raise ConfigError(f"{where}: must be >= {opt.min:g}, got {value!r}")
     if opt.max is not None and value > opt.max:
@@ -202,6 +208,32 @@ def command_line(command: str, config: Any) -> list[str]:
         elif value is not None:
             args += [opt.flag or "--" + f.name.replace("_", "-"), *text]
     return args
+
+
+def _first_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists (``.`` for a relative path with none)."""
+    for candidate in (path, *path.parents):
+        if os.path.lexists(candidate):
+            return candidate
+    return Path(".")
+
+
+def check_output(path: Path | None, flag: str, *, folder: bool) -> None:
+    """Refuse an output path of the wrong kind before a stage does any work (``OutputError``).
+
+    ``folder``: the path must be a folder or not exist yet; otherwise a file (not a folder).
+    Either way a file where one of its parent folders should be is refused too.
+    """
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir() and not folder:
+        raise OutputError(f"{path}: {flag} names a folder; expected a file name")
+    if os.path.lexists(path) and not path.is_dir() and folder:
+        raise OutputError(f"{path}: {flag} names an existing file; expected a folder")
+    above = _first_existing(path.parent)
+    if not above.is_dir():
+        raise OutputError(f"{above}: is a file, so {flag} {path} cannot be created under it")
 
 
 @dataclass

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dvsguard.stages.base import Result, option
+from dvsguard.stages.base import Result, check_output, option
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ def run(config: Config) -> ExportStageResult:
     """Export, then (as asked) compare with the integer simulator and verify in Lava."""
     from dvsguard.export.exporter import compare_export, export_checkpoint, lava_estimate, resolve_test_split, verify_export
 
+    check_output(config.out, "--out", folder=True)
     exported, model, payload = export_checkpoint(config.checkpoint, config.out, config.name)
     manifest = exported.manifest
     result = ExportStageResult(

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dvsguard.stages.base import Result, option
+from dvsguard.stages.base import SEED_MAX, Result, check_output, option
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,7 +23,7 @@ class Config:
     netx: Path | None = option(None, "Predict with this exported netx network in Lava's simulator.", wired=True)
     batch: int = option(32, "Recordings per forward pass.", min=1)
     workers: int = option(2, "Reader/framing processes.", min=0)
-    seed: int = option(0, "Seed of the attack's random starts.")
+    seed: int = option(0, "Seed of the attack's random starts.", min=0, max=SEED_MAX)
 
 
 @dataclass
@@ -58,6 +58,7 @@ def run(config: Config) -> PredictStageResult:
     """Predict every recording under ``folder`` and write the rows to ``out``."""
     from dvsguard.analyze.predict import predict
 
+    check_output(config.out, "--out", folder=False)
     done = predict(config.folder, config.model, config.out, labels=config.labels, attack=config.attack,
                    eps=config.eps, netx=config.netx, batch_size=config.batch, workers=config.workers,
                    seed=config.seed)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dvsguard.data.frames import DEFAULT_COUNT_CAP, FRAME_MODES
-from dvsguard.stages.base import Result, option
+from dvsguard.stages.base import Result, check_output, option
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +51,7 @@ def run(config: Config) -> PreprocessStageResult:
     from dvsguard.data.frames import FramingConfig
     from dvsguard.data.preprocess import preprocess
 
+    check_output(config.cache_dir, "--cache-dir", folder=True)
     framing = FramingConfig(n_frames=config.frames, mode=config.mode, height=config.size, width=config.size,
                             count_cap=config.count_cap)
     done = preprocess(config.source, config.cache_dir, framing, workers=config.workers, root=config.root,

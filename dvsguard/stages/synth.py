@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dvsguard.stages.base import Result, option
+from dvsguard.stages.base import SEED_MAX, Result, option
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -15,7 +15,7 @@ class Config:
     out_dir: Path = option(help="Folder to write the recordings into (new, empty, or a previous synth output).",
                            argument=True, wired=True)
     per_class: int = option(200, "Recordings per class (10 digit classes).", min=1)
-    seed: int = option(0, "Seed of every random choice (same seed, same files).")
+    seed: int = option(0, "Seed of every random choice (same seed, same files).", min=0, max=SEED_MAX)
     size: int = option(48, "Sensor width and height in pixels.", min=16, max=512)
     noise: float = option(2.0, "Background-activity noise, events per pixel per second.", min=0.0)
     workers: int = option(2, "Processes simulating recordings (the files do not depend on it).", min=1)

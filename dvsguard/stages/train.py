@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dvsguard.stages.base import Result, option
+from dvsguard.stages.base import SEED_MAX, Result, check_output, option
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -19,8 +19,8 @@ class Config:
     preset: str = option("small", "Model preset: vgg11 (paper), vgg11-loihi, small, tiny.")
     epochs: int = option(200, "Epochs (the cosine schedule spans them).", min=1)
     batch: int = option(24, "Batch size (per process under torchrun).", min=1)
-    lr: float = option(0.1, "Initial learning rate (about 1e-3 for adam).")
-    momentum: float = option(0.9, "SGD momentum.", min=0.0)
+    lr: float = option(0.1, "Initial learning rate (about 1e-3 for adam).", above=0.0)
+    momentum: float = option(0.9, "SGD momentum.", min=0.0, max=1.0)
     optimizer: str = option("sgd", "sgd (the paper's, momentum 0.9) or adam (short runs).", choices=("sgd", "adam"))
     weight_decay: float | None = option(None, "L2 weight decay (default 5e-4; 0 for rat).", min=0.0)
     lam: float | None = option(None, "SR weight λ (default 0.002).", min=0.0)
@@ -32,7 +32,7 @@ class Config:
     pgd_steps: int = option(5, "PGD steps k (pgd-at, sr-star with attack pgd).", min=1)
     pgd_alpha: float | None = option(None, "PGD step α, frame units (default 2.5·ε/k).", kind="eps")
     beta: float = option(5e-4, "RAT's Parseval retraction strength.", min=0.0)
-    seed: int = option(0, "Seed of initialisation, data order, augmentation and PGD starts.")
+    seed: int = option(0, "Seed of initialisation, data order, augmentation and PGD starts.", min=0, max=SEED_MAX)
     augment: bool = option(True, "Random crop and flip of training frames.")
     limit_train: int | None = option(None, "Train on a fixed seeded subset of N samples.", min=1)
     limit_test: int | None = option(None, "Evaluate on a fixed seeded subset of N test samples.", min=1)
@@ -91,12 +91,14 @@ def check(config: Config) -> None:
 
     config.train_config()
     VGGConfig.preset(config.preset)
+    check_output(config.out, "--out", folder=True)
 
 
 def run(config: Config) -> TrainResult:
     """Train (or resume) into ``config.out``."""
     from dvsguard.train.trainer import train
 
+    check_output(config.out, "--out", folder=True)
     done = train(config.train_config(), config.out, resume=config.resume, workers=config.workers,
                  device=config.device, threads=config.threads, overwrite=config.overwrite)
     return TrainResult(**done)

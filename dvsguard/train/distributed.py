@@ -104,9 +104,9 @@ class EpochSampler(Sampler[int]):
     """
 
     def __init__(self, n: int, *, seed: int, shuffle: bool = True, limit: int | None = None,
-                 rank: int = 0, world: int = 1, pad: bool = True) -> None:
+                 rank: int = 0, world: int = 1, pad: bool = True, where: str | os.PathLike[str] = "") -> None:
         if n <= 0:
-            raise TrainError("the dataset is empty")
+            raise TrainError(f"{where}: holds no samples; expected at least one" if where else "the dataset is empty")
         self.seed, self.shuffle, self.rank, self.world, self.pad = seed, shuffle, rank, world, pad
         if limit is not None and limit < n:
             g = torch.Generator().manual_seed(seed)

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dvsguard.atomic import write_text
+from dvsguard.atomic import remove_stale, write_text
 from dvsguard.attack import fgsm
 from dvsguard.data.cache import CacheInfo, open_cache, split_path
 from dvsguard.data.dataset import make_loader
@@ -247,13 +247,13 @@ def evaluate(model: nn.Module, cfg: TrainConfig, test_path: Path, test_n: int, v
     net.eval()
     try:
         sampler = EpochSampler(test_n, seed=cfg.seed, shuffle=False, limit=cfg.limit_test,
-                               rank=ctx.rank, world=ctx.world, pad=False)
+                               rank=ctx.rank, world=ctx.world, pad=False, where=test_path)
         loader = make_loader(test_path, cfg.batch, shuffle=False, augment=False, num_workers=workers, sampler=sampler)
         correct, total = _clean_counts(net, loader, ctx.device)
         r_correct = r_total = 0.0
         if cfg.robust_limit > 0:
             rsampler = EpochSampler(test_n, seed=cfg.seed, shuffle=False, limit=min(cfg.robust_limit, test_n),
-                                    rank=ctx.rank, world=ctx.world, pad=False)
+                                    rank=ctx.rank, world=ctx.world, pad=False, where=test_path)
             rloader = make_loader(test_path, cfg.batch, shuffle=False, augment=False, num_workers=workers,
                                   sampler=rsampler)
             r_correct, r_total = _robust_counts(net, rloader, ctx.device, cfg.eps, value_range)
@@ -428,7 +428,7 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> EpochStats:
         cfg, ctx = self.cfg, self.ctx
         sampler = EpochSampler(self.info.n_samples, seed=cfg.seed, shuffle=True, limit=cfg.limit_train,
-                               rank=ctx.rank, world=ctx.world)
+                               rank=ctx.rank, world=ctx.world, where=cfg.cache)
         sampler.set_epoch(epoch)
         loader = make_loader(cfg.cache, cfg.batch, shuffle=False, augment=cfg.augment,
                              seed=_epoch_seed(cfg.seed, epoch, 1 + ctx.rank), num_workers=self.workers, sampler=sampler)
@@ -462,6 +462,9 @@ class Trainer:
     def run(self, resume: bool = False) -> dict[str, Any]:
         cfg, ctx = self.cfg, self.ctx
         started = time.perf_counter()
+        if ctx.is_main and self.out.is_dir():  # temporaries of a writer killed mid-checkpoint
+            for stale in remove_stale(self.out, RUN_FILES):
+                log.info("%s: removed a temporary file left by an interrupted write", stale)
         if not (resume and self.resume()):
             self._start_fresh()
         if ctx.is_main:

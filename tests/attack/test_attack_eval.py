@@ -92,7 +92,7 @@ def test_checkpoint_for_other_frames_is_an_attack_error(digits_cache, tmp_path) 
     train = digits_cache  # 16×16 frames
     model = SpikingVGG(VGGConfig.preset("tiny", num_classes=10, input_size=32))
     wide = save_checkpoint(tmp_path / "wide.pt", {"model": model_payload(model)})
-    with pytest.raises(AttackError, match=r"SpikingVGG .*\[T, B, 2, 32, 32\]"):
+    with pytest.raises(AttackError, match=r"wide\.pt: the model takes 32x32 frames but .*rec-test-.*\.h5 holds 16x16 frames"):
         run(wide, train, attacks=("clean", "fgsm"), limit=2, out=tmp_path)
 
 
