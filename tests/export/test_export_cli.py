@@ -106,9 +106,9 @@ def test_nan_weights_and_missing_framing_are_refused(tmp_path: Path, capsys: pyt
     [
         (10**8, 3, "framing claims T = 100000000 frames per sample; export takes at most 10000"),
         (10_001, 3, "framing claims T = 10001 frames"),
-        (0, 3, "framing n_frames is 0, expected a positive integer"),
-        (4.5, 3, "framing n_frames is 4.5, expected a positive integer"),
-        (4, float("nan"), "framing count_cap is nan, expected an integer 1..255"),
+        (0, 3, "'data.framing' is invalid: framing: n_frames must be a positive integer, got 0"),
+        (4.5, 3, "'data.framing' is invalid: framing: n_frames must be a positive integer, got 4.5"),
+        (4, float("nan"), "'data.framing' is invalid: framing: count_cap must be a positive integer, got nan"),
     ],
 )
 def test_implausible_framing_in_the_checkpoint_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
