@@ -1,8 +1,11 @@
-"""CIFAR10-DVS or a folder of recordings → a train and a test frame cache (``dvsguard preprocess``).
+"""CIFAR10-DVS, DVS Gesture, N-MNIST, N-Caltech101 or a folder of recordings → a train and a test
+frame cache (``dvsguard preprocess``).
 
 A folder's labels come from a labels file (``labels.csv`` in the folder, or one given),
 else from the name of each recording's top sub-folder (``root/<class>/.../file``). The
-split is deterministic, 9:1 per class (:func:`split_train_test`); both caches share one key
+split is deterministic, 9:1 per class (:func:`split_train_test`), as for CIFAR10-DVS and
+N-Caltech101; DVS Gesture and N-MNIST keep their released train/test split
+(:mod:`dvsguard.data.standard`). Both caches share one key
 (framing, format version, the listing of both splits) and name each other as siblings.
 """
 
@@ -244,6 +247,31 @@ def _disk_full(exc: BaseException, path: Path) -> None:
     raise OutputError(f"{path}: {reason}") from exc
 
 
+def _standard_splits(
+    source: str, root: str | os.PathLike | None, download: bool, cache_dir: Path, test_fraction: float, seed: int,
+    workers: int,
+) -> tuple[Path, dict[str, list[Item]], list[str], list[tuple[str, str]]]:
+    """DVS Gesture / N-MNIST / N-Caltech101: its official split (N-Caltech101: seeded per class),
+    each sample written through tonic's reader to an ``.npz`` the cache reads (see :mod:`dvsguard.data.standard`).
+    Returns the staging folder (the caches' source root), the splits, the classes and the samples tonic could not read."""
+    from dvsguard.data import standard
+    from dvsguard.data.cifar10dvs import split_train_test
+
+    listing = standard.list_standard(source, Path(root) if root is not None else standard.default_root(source),
+                                     download=download)
+    if listing.splits is not None:
+        chosen = listing.splits
+    else:
+        parts = split_train_test([(s.path, s.label, s) for s in listing.unsplit], test_fraction=test_fraction, seed=seed)
+        chosen = {k: [s for _, _, s in v] for k, v in parts.items()}
+        listing.split_rule = f"seeded per-class split, test fraction {test_fraction}, seed {seed}"
+    log.info("%s: %s, %s; %s", listing.root, listing.layout, listing.split_rule,
+             ", ".join(f"{len(v)} {k}" for k, v in chosen.items()))
+    paths, failed = standard.stage(listing, [s for v in chosen.values() for s in v], cache_dir, workers=workers)
+    splits = {k: [(paths[s.rel], s.label) for s in v if s.rel in paths] for k, v in chosen.items()}
+    return standard.staging_dir(cache_dir, listing), splits, listing.classes, failed
+
+
 def preprocess(
     source: str,
     cache_dir: str | os.PathLike = "data_cache",
@@ -260,11 +288,17 @@ def preprocess(
     """Build (or reuse) the train and test caches of ``source``.
 
     ``source`` is ``"cifar10dvs"`` (recordings under ``root``, default ``data``; downloaded
-    with ``download``) or a folder of recordings. Raises ``RecordingError`` when no recording could be read.
+    with ``download``), ``"dvsgesture"``, ``"nmnist"`` or ``"ncaltech101"`` (under ``root``,
+    default ``data/<name>``; their official split, see :mod:`dvsguard.data.standard`) or a
+    folder of recordings. Raises ``RecordingError`` when no recording could be read.
     """
     start = time.perf_counter()
     cfg = cfg or FramingConfig()
     cache_dir = Path(cache_dir)
+    from dvsguard.data import standard
+    from dvsguard.data.cifar10dvs import split_train_test
+
+    staged_failed: list[tuple[str, str]] = []
     if source == CIFAR10DVS:  # a folder of that name is reached as ./cifar10dvs
         from dvsguard.data.cifar10dvs import CIFAR10DVS_CLASSES, list_cifar10dvs
 
@@ -272,6 +306,11 @@ def preprocess(
         items = list_cifar10dvs(source_root, download=download)
         classes = list(CIFAR10DVS_CLASSES)
         name = CIFAR10DVS
+    elif source in standard.SOURCES:  # likewise, a folder named dvsgesture is reached as ./dvsgesture
+        source_root, splits, classes, staged_failed = _standard_splits(
+            source, root, download, cache_dir, test_fraction, seed, workers)
+        name = source
+        items = [item for split in splits.values() for item in split]
     else:
         source_root = Path(source)
         items, classes = list_folder(source_root, Path(labels_file) if labels_file else None, exclude=cache_dir)
@@ -279,9 +318,8 @@ def preprocess(
     if not items:
         raise RecordingError(f"{source}: no recordings to preprocess")
 
-    from dvsguard.data.cifar10dvs import split_train_test
-
-    splits = split_train_test(items, test_fraction=test_fraction, seed=seed)
+    if source not in standard.SOURCES:
+        splits = split_train_test(items, test_fraction=test_fraction, seed=seed)
     paths = cache_paths(cache_dir, name, splits, cfg, classes)
     key = cache_key(splits, cfg, classes)
     siblings = {k: p.name for k, p in paths.items()}
@@ -295,15 +333,16 @@ def preprocess(
         except (OSError, OutputError) as exc:
             _disk_full(exc, paths[split])
             raise
-    failed = results["train"].failed + results["test"].failed
+    failed = staged_failed + results["train"].failed + results["test"].failed
     n_train, n_test = results["train"].n_samples, results["test"].n_samples
+    n_items = len(items) + len(staged_failed)
     if n_train + n_test == 0:
         for p in paths.values():
             p.unlink(missing_ok=True)
         first = f" (first: {failed[0][1]})" if failed else ""
-        raise RecordingError(f"{source}: none of the {len(items)} recordings could be read{first}")
+        raise RecordingError(f"{source}: none of the {n_items} recordings could be read{first}")
     if failed:
-        log.warning("%d of %d recordings could not be read and were skipped", len(failed), len(items))
+        log.warning("%d of %d recordings could not be read and were skipped", len(failed), n_items)
     return PreprocessResult(
         train=paths["train"], test=paths["test"], classes=list(classes), n_train=n_train, n_test=n_test,
         failed=failed, seconds=time.perf_counter() - start,

@@ -9,7 +9,7 @@ file, the key and what was expected; ε may be a number or a fraction such as ``
 
 ```toml
 [pipeline]               # name, run_dir (relative to the file's folder's parent, or absolute), seed
-[data]                   # source = "synth" | "cifar10dvs" | a folder; the options of synth and preprocess
+[data]                   # source = "synth" | "cifar10dvs" | "dvsgesture" | "nmnist" | "ncaltech101" | a folder; the options of synth and preprocess
 [[train]]                # name; init = an earlier run's name to start from; the options of train
 [attack]                 # models (train names), black_box (each model is the next one's source); attack's options
 [analyze]                # models (train names); analyze's options
@@ -186,8 +186,10 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
 
 
 def _resolve_data(file: Path, data: dict[str, Any], base: Path) -> dict[str, Any]:
+    from dvsguard.data.standard import SOURCES as STANDARD_SOURCES
+
     source = data["source"]
-    if source not in ("synth", "cifar10dvs"):
+    if source not in ("synth", "cifar10dvs", *STANDARD_SOURCES):
         folder = Path(source) if Path(source).is_absolute() else base / source
         if not folder.is_dir():
             raise ConfigError(f"{file}: [data] key 'source': folder {folder} does not exist")

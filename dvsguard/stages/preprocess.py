@@ -1,4 +1,4 @@
-"""preprocess: recordings → a train and a test HDF5 frame cache (9:1 per class)."""
+"""preprocess: recordings → a train and a test HDF5 frame cache (9:1 per class, or a dataset's official split)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from dvsguard.stages.base import Result, check_output, option
 class Config:
     """Options of ``dvsguard preprocess``."""
 
-    source: str = option(help="'cifar10dvs', or a folder of recordings (labels.csv or class sub-folders).",
+    source: str = option(help="'cifar10dvs', 'dvsgesture', 'nmnist', 'ncaltech101', or a folder of recordings "
+                              "(labels.csv or class sub-folders).",
                          argument=True, wired=True)
     cache_dir: Path = option(Path("data_cache"), "Folder of the frame caches.")
     frames: int = option(10, "Frames T per recording.", min=1)
@@ -23,8 +24,9 @@ class Config:
     count_cap: int = option(DEFAULT_COUNT_CAP, "Clip event counts per pixel at N (frames = count/N in [0, 1]).",
                             min=1, max=255)
     workers: int = option(2, "Processes reading and framing recordings.", min=1)
-    root: Path | None = option(None, "cifar10dvs: folder holding (or to receive) the recordings (default: data).")
-    download: bool = option(False, "cifar10dvs: download/extract when not on disk.")
+    root: Path | None = option(None, "cifar10dvs, dvsgesture, nmnist, ncaltech101: folder holding (or to receive) "
+                                     "the recordings (default: data, resp. data/<name>).")
+    download: bool = option(False, "cifar10dvs, dvsgesture, nmnist, ncaltech101: download/extract when not on disk.")
     labels: Path | None = option(None, "CSV of path,class for a folder (default: its labels.csv).")
 
 

@@ -48,6 +48,16 @@ def test_loihi_preset_is_smaller() -> None:
     assert head_synapses < 16_000_000
 
 
+def test_vgggesture_preset_is_the_authors_gesture_model() -> None:
+    cfg = VGGConfig.preset("vgggesture")
+    assert cfg.channels == (16, 32, "A", 32, 32, "A") and cfg.head == () and cfg.num_classes == 11
+    assert (cfg.input_size, cfg.flat_features) == (48, 12 * 12 * 32)
+    model = SpikingVGG(VGGConfig.preset("vgggesture", input_size=64)).eval()
+    linears = [m for m in model.classifier if isinstance(m, nn.Linear)]
+    assert len(linears) == 1 and linears[0].in_features == 16 * 16 * 32
+    assert model(torch.rand(2, 3, 2, 64, 64)).shape == (3, 11)
+
+
 @pytest.mark.parametrize("name", VGGConfig.preset_names())
 def test_config_round_trip(name: str) -> None:
     cfg = VGGConfig.preset(name)
