@@ -104,8 +104,8 @@ def test_nan_weights_and_missing_framing_are_refused(tmp_path: Path, capsys: pyt
 @pytest.mark.parametrize(
     ("n_frames", "count_cap", "message"),
     [
-        (10**8, 3, "framing claims T = 100000000 frames per sample; export takes at most 10000"),
-        (10_001, 3, "framing claims T = 10001 frames"),
+        (10**8, 3, "n_frames claims 100,000,000 frames, above the limit of 10,000"),
+        (10_001, 3, "n_frames claims 10,001 frames"),
         (0, 3, "framing n_frames is 0, expected a positive integer"),
         (4.5, 3, "framing n_frames is 4.5, expected a positive integer"),
         (4, float("nan"), "framing count_cap is nan, expected an integer 1..255"),
