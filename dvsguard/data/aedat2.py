@@ -29,6 +29,7 @@ import numpy as np
 
 from dvsguard.atomic import atomic_open
 from dvsguard.errors import RecordingError
+from dvsguard.limits import MAX_EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -52,51 +53,70 @@ def header_length(data: bytes) -> int:
     return pos
 
 
+_HEADER_MAX = 1 << 20  # bytes of ``#`` header lines read at most (jAER headers are a few KB)
+_CHUNK_EVENTS = 1 << 22  # events decoded at a time (32 MiB of raw words)
+
+
 def decode_aedat2_dvs128(path: Path) -> dict[str, np.ndarray]:
     """Decode a DVS128 AEDAT 2.0 file into x, y (upright, pixels), t (µs, int64), p ({0, 1}) columns.
 
+    The event count the file size implies is checked against :data:`dvsguard.limits.MAX_EVENTS`
+    first; the events are then decoded from a memory map in chunks of ``_CHUNK_EVENTS``, so the
+    memory used is that of the output columns (13 bytes per event) plus one chunk.
+
     Raises RecordingError when the header is not AEDAT 1/2, the event block is empty or
-    its length is not a whole number of 8-byte events.
+    its length is not a whole number of 8-byte events, or it holds more events than the limit.
     """
-    data = path.read_bytes()
-    start = header_length(data)
-    first = data[: data.find(b"\n") + 1] if start else b""
+    with path.open("rb") as fh:
+        head = fh.read(_HEADER_MAX)
+    size = path.stat().st_size
+    start = header_length(head)
+    first = head[: head.find(b"\n") + 1] if start else b""
     if first.startswith(b"#!AER-DAT") and not first.startswith((b"#!AER-DAT1", b"#!AER-DAT2")):
         version = first[len(b"#!AER-DAT"):].strip().decode("ascii", "replace")
         raise RecordingError(f"{path}: AEDAT version {version} is not AEDAT 2.0 DVS128 address-events")
-    body = len(data) - start
+    body = size - start
     if body == 0:
         raise RecordingError(f"{path}: AEDAT 2.0 file holds a header but no events")
     if body % _RAW.itemsize:
         raise RecordingError(
             f"{path}: truncated AEDAT 2.0 event block ({body} bytes is not a multiple of {_RAW.itemsize})"
         )
-    raw = np.frombuffer(data, dtype=_RAW, offset=start)
-    address = raw["address"].astype(np.uint32)
-    t = raw["t"].astype(np.int64)
-    foreign = address >= (1 << 15)  # bit 15: DVS128 external events; higher bits: other sensors
-    if foreign.mean() > 0.01:
+    n = body // _RAW.itemsize
+    MAX_EVENTS.check(n, str(path), f"AEDAT 2.0 event block of {body:,} bytes", RecordingError)
+    raw = np.memmap(path, dtype=_RAW, mode="r", offset=start, shape=(n,))
+    address = np.empty(n, dtype=np.uint32)
+    t = np.empty(n, dtype=np.int64)
+    kept = 0
+    for i in range(0, n, _CHUNK_EVENTS):
+        block = raw[i : i + _CHUNK_EVENTS]
+        a = block["address"].astype(np.uint32)
+        polarity = a < (1 << 15)  # bit 15: DVS128 external events; higher bits: other sensors
+        m = int(polarity.sum())
+        address[kept : kept + m] = a[polarity]
+        t[kept : kept + m] = block["t"][polarity]
+        kept += m
+    del raw
+    foreign = n - kept
+    if foreign > 0.01 * n:
         raise RecordingError(
-            f"{path}: {foreign.mean():.0%} of the addresses use bits above 14, so this is not a DVS128 "
+            f"{path}: {foreign / n:.0%} of the addresses use bits above 14, so this is not a DVS128 "
             "recording (AEDAT 2.0 files of DAVIS sensors use another address layout)"
         )
-    if foreign.any():
-        log.debug("%s: dropping %d external/special events", path, int(foreign.sum()))
-        address, t = address[~foreign], t[~foreign]
-        if not address.size:
+    if foreign:
+        log.debug("%s: dropping %d external/special events", path, foreign)
+        if not kept:
             raise RecordingError(f"{path}: AEDAT 2.0 file holds no polarity events")
+    address, t = address[:kept], t[:kept]
     # 32-bit µs timestamps wrap after ~71.6 min; unwrap so t stays monotonic.
-    wraps = np.diff(t) < -(1 << 31)
-    if wraps.any():
-        t = t + np.concatenate([[0], np.cumsum(wraps)]) * (1 << 32)
-    raw_x = (address >> 1) & 0x7F
-    raw_y = (address >> 8) & 0x7F
-    raw_p = address & 0x1
+    wraps = np.flatnonzero(np.diff(t) < -(1 << 31))
+    for w in wraps:
+        t[w + 1 :] += 1 << 32
     return {
-        "x": (127 - raw_y).astype(np.int16),
-        "y": (127 - raw_x).astype(np.int16),
+        "x": (127 - ((address >> 8) & 0x7F)).astype(np.int16),
+        "y": (127 - ((address >> 1) & 0x7F)).astype(np.int16),
         "t": t,
-        "p": (1 - raw_p).astype(np.int8),
+        "p": (1 - (address & 0x1)).astype(np.int8),
     }
 
 

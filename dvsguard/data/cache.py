@@ -17,7 +17,7 @@ splits of one build share it and find each other by name):
 
 A build writes ``<name>.h5.partial``; every ``commit_every`` samples (or 5 s) it records
 their CRCs, marks them ``done``, flushes and fsyncs. A rerun checks the CRC of every sample
-marked done and frames only the rest (an unreadable partial file is started afresh), so a
+marked done and frames only the rest (a partial file that cannot be read or written back is started afresh), so a
 build killed at any moment resumes without trusting half-written data. When every recording is
 framed (or failed), the file is marked ``complete``, fsynced and renamed to its final
 name (:func:`verify_cache` re-reads every sample against its CRC on demand). Recordings that cannot be read are reported (one line each), skipped and
@@ -320,19 +320,38 @@ def _create_partial(partial: Path, n: int, cfg: FramingConfig, attrs: dict[str, 
         f.attrs["complete"] = False
 
 
+def _probe_writes(f: h5py.File, done: np.ndarray) -> None:
+    """Write to ``f`` what the build will write, so a partial file that reads but cannot be
+    written (a full disk's damage, a read-only file) fails here rather than mid-build: the
+    ``done`` flags as they are and, at the first sample not done, an all-zero chunk."""
+    f["done"][...] = done.astype(np.uint8)
+    todo = np.flatnonzero(~done)
+    if len(todo):
+        frames = f["frames"]
+        zeros = np.zeros(frames.chunks, dtype=np.uint8).tobytes()
+        chunk = zlib.compress(zeros, GZIP_LEVEL) if frames.compression == "gzip" else zeros
+        frames.id.write_direct_chunk((int(todo[0]), *(0,) * (frames.ndim - 1)), chunk)
+    f.flush()
+
+
 def _resume_state(partial: Path, key: str, n: int) -> np.ndarray | None:
-    """Done mask of a usable partial file (bad samples cleared), or None to start afresh."""
+    """Done mask of a usable partial file (bad samples cleared), or None to start afresh.
+
+    Usable means: built from the same inputs, readable, and writable (:func:`_probe_writes`);
+    a damaged partial file is logged as a warning and rebuilt from scratch.
+    """
     if not partial.exists():
         return None
     try:
-        with h5py.File(partial, "r") as f:
+        with h5py.File(partial, "r+") as f:
             if f.attrs.get("key") != key or f["frames"].shape[0] != n:
                 log.info("%s: left by a build with other inputs; starting afresh", partial)
                 return None
             done = f["done"][()].astype(bool)
             bad = _bad_samples(f, np.flatnonzero(done))
+            _probe_writes(f, done)
     except Exception as exc:
-        log.warning("%s: interrupted build is unreadable (%s); starting afresh", partial, " ".join(str(exc).split()))
+        log.warning("%s: interrupted build is damaged (%s); starting afresh", partial, " ".join(str(exc).split()))
         return None
     if bad:
         log.warning("%s: %d sample(s) of the interrupted build fail their checksum; framing them again", partial, len(bad))

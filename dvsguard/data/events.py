@@ -35,14 +35,19 @@ from __future__ import annotations
 import logging
 import os
 import re
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from dvsguard.atomic import atomic_open
 from dvsguard.errors import RecordingError
+from dvsguard.limits import MAX_ARRAY_BYTES, MAX_EVENTS
+
+if TYPE_CHECKING:  # pragma: no cover
+    import h5py
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +202,39 @@ def _size_pair(value: object) -> tuple[int, int] | None:
 # --------------------------------------------------------------------------- numpy
 
 
+def _check_npy_claim(path: Path, fh: IO[bytes], what: str) -> None:
+    """Refuse an npy header (``fh`` at its start) whose shape claims more than :data:`MAX_EVENTS`
+    values or :data:`MAX_ARRAY_BYTES` bytes, before numpy allocates the array. A header that
+    cannot be parsed is left for ``np.load`` to report."""
+    try:
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(fh)
+    except (ValueError, OSError, EOFError):
+        return
+    count = int(np.prod(shape, dtype=object))
+    MAX_EVENTS.check(count, str(path), what, RecordingError)
+    MAX_ARRAY_BYTES.check(count * dtype.itemsize, str(path), what, RecordingError)
+
+
+def _check_numpy_claims(path: Path) -> None:
+    """Check the header of the ``.npy`` file, or of every member of the ``.npz`` archive, at ``path``."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                if member.filename.endswith(".npy"):
+                    with archive.open(member) as fh:
+                        _check_npy_claim(path, fh, f"npz member {member.filename[:-4]!r}")
+    else:
+        with path.open("rb") as fh:
+            _check_npy_claim(path, fh, "npy array")
+
+
 def _read_numpy(path: Path) -> tuple[dict[str, np.ndarray], tuple[int, int] | None]:
+    try:
+        _check_numpy_claims(path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError) as exc:
+        raise RecordingError(f"{path}: not a readable numpy file ({type(exc).__name__}: {exc})") from None
     try:
         loaded = np.load(path, allow_pickle=False)
     except Exception as exc:  # numpy raises ValueError/OSError/EOFError/BadZipFile...
@@ -239,6 +276,14 @@ def _h5_size(*nodes: object) -> tuple[int, int] | None:
     return None
 
 
+def _check_h5_claim(path: Path, node: h5py.Dataset, name: str) -> None:
+    """Refuse a dataset declared with more than :data:`MAX_EVENTS` values or :data:`MAX_ARRAY_BYTES`
+    bytes (a chunked dataset is declared at any size in a few bytes) before it is read."""
+    what = f"HDF5 dataset {name!r}"
+    MAX_EVENTS.check(int(node.size), str(path), what, RecordingError)
+    MAX_ARRAY_BYTES.check(int(node.size) * node.dtype.itemsize, str(path), what, RecordingError)
+
+
 def _read_hdf5(path: Path) -> tuple[dict[str, np.ndarray], tuple[int, int] | None]:
     import h5py
 
@@ -252,6 +297,7 @@ def _read_hdf5(path: Path) -> tuple[dict[str, np.ndarray], tuple[int, int] | Non
                 node = fh.get(name)
                 if isinstance(node, h5py.Dataset) and node.dtype.names:
                     names = _pick_fields(path, node.dtype.names, f"HDF5 dataset {name!r}")
+                    _check_h5_claim(path, node, name)
                     try:
                         arr = node[()]
                     except OSError as exc:
@@ -265,6 +311,8 @@ def _read_hdf5(path: Path) -> tuple[dict[str, np.ndarray], tuple[int, int] | Non
                     keys = [k for k in group.keys() if isinstance(group[k], h5py.Dataset)]
                     if {"x", "y"} <= set(keys):
                         names = _pick_fields(path, keys, f"HDF5 group {group.name!r}")
+                        for n in names.values():
+                            _check_h5_claim(path, group[n], group[n].name)
                         return {f: group[n][()] for f, n in names.items()}, _h5_size(group, fh)
             raise RecordingError(
                 f"{path}: HDF5 file holds no 'events' dataset nor x, y, t, p datasets "
@@ -290,7 +338,13 @@ def _read_aedat4(path: Path) -> tuple[dict[str, np.ndarray], tuple[int, int] | N
             raise RecordingError(f"{path}: AEDAT 4 file holds no event stream")
         target = event_ids[0]
         info = streams[target]
-        packets = [p["events"] for p in decoder if p["stream_id"] == target and "events" in p]
+        packets = []
+        n_events = 0
+        for packet in decoder:
+            if packet["stream_id"] == target and "events" in packet:
+                packets.append(packet["events"])
+                n_events += len(packet["events"])
+                MAX_EVENTS.check(n_events, str(path), "AEDAT 4 event stream", RecordingError)
     except RecordingError:
         raise
     except Exception as exc:  # the decoder raises RuntimeError/OSError with a message

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dvsguard.errors import ConfigError, RecordingError
+from dvsguard.limits import MAX_ARRAY_BYTES, MAX_FRAMES
 
 if TYPE_CHECKING:  # pragma: no cover
     from dvsguard.data.events import Recording
@@ -44,6 +45,10 @@ DEFAULT_COUNT_CAP = 15
 @dataclass(frozen=True)
 class FramingConfig:
     """How recordings become frames.
+
+    Sizes are bounded before anything is allocated: ``n_frames`` by
+    :data:`dvsguard.limits.MAX_FRAMES`, the bytes of one sample's float32 frames
+    ``4·T·2·H·W`` by :data:`dvsguard.limits.MAX_ARRAY_BYTES` (a ConfigError otherwise).
 
     Attributes:
         n_frames: number of frames ``T`` per recording.
@@ -70,6 +75,10 @@ class FramingConfig:
             raise ConfigError(f"framing: count_cap must be at most 255 (frames are stored as uint8), got {self.count_cap}")
         if self.mode not in FRAME_MODES:
             raise ConfigError(f"framing: mode must be one of {', '.join(FRAME_MODES)}, got {self.mode!r}")
+        MAX_FRAMES.check(int(self.n_frames), "framing", "n_frames", ConfigError)
+        sample_bytes = 4 * int(np.prod(self.shape, dtype=object))
+        MAX_ARRAY_BYTES.check(sample_bytes, "framing", f"a float32 sample of {'x'.join(map(str, self.shape))}",
+                              ConfigError)
 
     @property
     def value_range(self) -> tuple[float, float]:

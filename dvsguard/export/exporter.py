@@ -183,12 +183,24 @@ def resolve_test_split(payload: dict[str, Any], data: str | os.PathLike[str] | N
 
 
 def compare_export(model: Any, net_path: Path, test_path: Path, max_samples: int | None = None, batch_size: int = 32) -> dict[str, Any]:
-    """Integer simulator vs PyTorch on the test split (see :func:`intsim.compare`)."""
-    from dvsguard.data.dataset import make_loader
+    """Integer simulator vs PyTorch on the test split (see :func:`intsim.compare`).
+
+    Only the first ``max_samples`` samples (all when None) are read, in batches of at most
+    ``batch_size``, so memory is bounded by one batch whatever the size of the split.
+    """
+    from torch.utils.data import DataLoader, Subset
+
+    from dvsguard.data.dataset import FrameDataset, collate_time_first
     from dvsguard.export.intsim import compare
 
-    loader = make_loader(test_path, batch_size=batch_size, shuffle=False)
-    return compare(model, net_path, loader, max_samples=max_samples)
+    dataset = FrameDataset(test_path)
+    n = len(dataset) if max_samples is None else min(max_samples, len(dataset))
+    loader = DataLoader(Subset(dataset, range(n)), batch_size=max(1, min(batch_size, n)), shuffle=False,
+                        collate_fn=collate_time_first)
+    try:
+        return compare(model, net_path, loader, max_samples=max_samples)
+    finally:
+        dataset.close()
 
 
 def load_samples(test_path: Path, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

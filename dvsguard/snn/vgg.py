@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from dvsguard.errors import ConfigError
+from dvsguard.limits import MAX_PARAMETERS, MAX_WIDTH
 from dvsguard.snn.neuron import IFNeuron
 
 PAPER_CHANNELS: tuple[int | str, ...] = (64, "A", 128, 256, "A", 512, 512, 512, "A", 512, 512)
@@ -55,6 +56,10 @@ class VGGConfig:
         in_channels: input channels (2 polarities for DVS).
         input_size: input height = width in pixels; must be divisible by 2^(number of "A").
         num_classes: number of output classes.
+
+    A config is refused (ConfigError) before any model is built when a layer is wider than
+    :data:`dvsguard.limits.MAX_WIDTH` or the network would hold more than
+    :data:`dvsguard.limits.MAX_PARAMETERS` parameters (:func:`count_parameters`).
     """
 
     channels: tuple[int | str, ...] = PAPER_CHANNELS
@@ -76,6 +81,11 @@ class VGGConfig:
             raise ConfigError(
                 f"VGGConfig.input_size {self.input_size} is not divisible by 2^{pools} (one halving per 'A')"
             )
+        widths = {"channels": max(c for c in channels if c != "A"), "head": max(self.head, default=1),
+                  "in_channels": self.in_channels, "num_classes": self.num_classes}
+        for name, width in widths.items():
+            MAX_WIDTH.check(width, "VGGConfig", name, ConfigError)
+        MAX_PARAMETERS.check(count_parameters(self), "VGGConfig", "the network", ConfigError)
 
     @property
     def feature_size(self) -> int:
@@ -229,6 +239,21 @@ def count_macs(cfg: VGGConfig) -> int:
         macs += width * h
         width = h
     return macs
+
+
+def count_parameters(cfg: VGGConfig) -> int:
+    """Parameters of ``SpikingVGG(cfg)`` from the config alone, without building it: conv
+    weights (3×3, no bias), BatchNorm weights and biases, linear weights and biases."""
+    n, c_in = 0, cfg.in_channels
+    for c in cfg.channels:
+        if c != "A":
+            n += c_in * c * 9 + 2 * c
+            c_in = c
+    width = cfg.flat_features
+    for h in (*cfg.head, cfg.num_classes):
+        n += width * h + h
+        width = h
+    return n
 
 
 def num_parameters(model: nn.Module) -> int:

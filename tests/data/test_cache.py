@@ -204,6 +204,34 @@ def test_unreadable_partial_file_is_started_afresh(tmp_path: Path, items: list[t
     assert result.n_resumed == 0 and result.n_samples == len(items)
 
 
+def test_partial_file_that_cannot_be_written_is_rebuilt(tmp_path: Path, items: list[tuple[Path, int]],
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A partial whose chunk index is damaged (as a full disk leaves it) opens and reads, but every
+    chunk write fails with "Can't write unprocessed chunk data": it is rebuilt, with a warning."""
+    path = tmp_path / "c.h5"
+    seen: list[int] = []
+
+    def stop(i: int) -> None:
+        seen.append(i)
+        if len(seen) == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build(path, items, commit_every=2, on_sample=stop)
+    partial = path.with_name(path.name + ".partial")
+    data = bytearray(partial.read_bytes())
+    chunk_index = data.index(b"TREE\x01")  # the v1 B-tree node of the frames' chunks
+    data[chunk_index + 24 : chunk_index + 88] = b"\xff" * 64
+    partial.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="dvsguard.data.cache"):
+        result = build(path, items)
+    assert "interrupted build is damaged" in caplog.text and str(partial) in caplog.text
+    assert result.n_resumed == 0 and result.n_samples == len(items) and not result.failed
+    clean = tmp_path / "clean.h5"
+    build(clean, items)
+    assert read_all(path)["frames"].tobytes() == read_all(clean)["frames"].tobytes()
+
+
 def test_concurrent_build_is_refused(tmp_path: Path, items: list[tuple[Path, int]]) -> None:
     path = tmp_path / "c.h5"
     lock = path.with_name(path.name + ".lock")

@@ -104,8 +104,8 @@ def test_nan_weights_and_missing_framing_are_refused(tmp_path: Path, capsys: pyt
 @pytest.mark.parametrize(
     ("n_frames", "count_cap", "message"),
     [
-        (10**8, 3, "framing claims T = 100000000 frames per sample; export takes at most 10000"),
-        (10_001, 3, "framing claims T = 10001 frames"),
+        (10**8, 3, "n_frames claims 100,000,000 frames, above the limit of 10,000"),
+        (10_001, 3, "n_frames claims 10,001 frames"),
         (0, 3, "'data.framing' is invalid: framing: n_frames must be a positive integer, got 0"),
         (4.5, 3, "'data.framing' is invalid: framing: n_frames must be a positive integer, got 4.5"),
         (4, float("nan"), "'data.framing' is invalid: framing: count_cap must be a positive integer, got nan"),
@@ -132,3 +132,19 @@ def test_export_model_bounds_time_steps(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=f"time steps T must be an integer 1..{MAX_TIME_STEPS}, got 100000000"):
         export_model(tiny_model(), tmp_path, "x", input_shape=(2, 16, 16), input_scale=3, time_steps=10**8)
     assert not list(tmp_path.iterdir())
+
+
+def test_compare_limit_reads_only_the_samples_it_scores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dvsguard.data.dataset import FrameDataset
+    from dvsguard.export.exporter import compare_export, export_checkpoint
+
+    cache = make_test_cache(tmp_path / "c", n=40)
+    exported, model, _ = export_checkpoint(save_model_checkpoint(tmp_path / "m.pt", tiny_model()), tmp_path / "exp")
+    reads: list[int] = []
+    getitem = FrameDataset.__getitem__
+    monkeypatch.setattr(FrameDataset, "__getitem__", lambda self, i: (reads.append(i), getitem(self, i))[1])
+    assert compare_export(model, exported.net_path, cache, max_samples=2)["n"] == 2
+    assert reads == [0, 1]
+    reads.clear()
+    assert compare_export(model, exported.net_path, cache, max_samples=None, batch_size=16)["n"] == 40
+    assert sorted(reads) == list(range(40))
