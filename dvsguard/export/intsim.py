@@ -62,7 +62,8 @@ class SimLayer:
 
     Attributes:
         kind: ``conv`` or ``dense``.
-        weight: effective integer weights (dense: after netx/Lava's rescale, clip, truncate).
+        weight: effective integer weights, int32 (dense: after netx/Lava's rescale, clip, truncate;
+            int32 holds every netx weight shifted by its scale, at half the memory of int64).
         weight_exp: dense only: accumulated input is shifted by this (≤ 0: right shift).
         bias: ``[out]`` bias mantissa (int64).
         vth, i_decay, v_decay: neuron parameters (vThMant, iDecay, vDecay).
@@ -148,7 +149,7 @@ def dense_effective(weight: np.ndarray) -> tuple[np.ndarray, int]:
     Reproduces lava-dl's ``netx.utils.optimize_weight_bits`` followed by lava-nc's
     ``clip_weights(…, 8)`` and ``truncate_weights`` in ``PyDenseModelBitAcc``.
     """
-    w = np.asarray(weight).astype(np.int64)
+    w = np.asarray(weight, dtype=np.int32)
     max_w, min_w = int(w.max()), int(w.min())
     if max_w > 254 and min_w < 0:
         w = np.clip(w, -256, 254)
@@ -169,12 +170,12 @@ def dense_effective(weight: np.ndarray) -> tuple[np.ndarray, int]:
     if scale_bits < 0:
         raise ExportError(f"dense weights in [{min_w}, {max_w}] are outside the 8-bit range netx can map")
     n = 8
-    while n > 0 and np.sum(np.abs(w / 2**n - np.round(w / 2**n))) != 0:
+    while n > 0 and np.any(w & ((1 << n) - 1)):  # not every weight a multiple of 2**n
         n -= 1
     n -= is_signed
     num_weight_bits = 8 - scale_bits - n
     weight_exp = -scale_bits
-    w = (w.astype(np.int32) << scale_bits).astype(np.int64)
+    w = w << scale_bits
     # lava-nc's PyDenseModelBitAcc: determine_sign_mode → clip_weights → truncate_weights
     if w.min() >= 0:
         mode = "exc"
@@ -245,10 +246,10 @@ def _synapse_layer(g: h5py.Group, r: ReadState, where: str) -> tuple[tuple[int, 
     if "messageBits" in neuron and int(neuron["messageBits"][()]) > 0:
         raise ExportError(f"{where}: graded output spikes are not supported")
     out_shape = _shape(g)
-    weight = g["weight"][()].astype(int)
-    bias = g["bias"][()].astype(int) if "bias" in g else np.zeros(out_shape[0], dtype=int)
+    weight = g["weight"][()].astype(np.int32)
+    bias = g["bias"][()].astype(np.int64) if "bias" in g else np.zeros(out_shape[0], dtype=np.int64)
     common = dict(
-        bias=bias.astype(np.int64),
+        bias=bias,
         vth=int(neuron["vThMant"][()]),
         i_decay=int(neuron["iDecay"][()]),
         v_decay=int(neuron["vDecay"][()]),
@@ -270,7 +271,7 @@ def read_conv(g: h5py.Group, r: ReadState, where: str) -> None:
     weight = weight.reshape(weight.shape[:4])
     layer = SimLayer(
         kind="conv",
-        weight=weight.astype(np.int64),
+        weight=weight,
         in_shape=shape,
         stride=_pair_yx(g["stride"][()]),
         padding=_pair_yx(g["padding"][()]),

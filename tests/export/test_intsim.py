@@ -227,3 +227,16 @@ def test_failed_netx_write_keeps_the_previous_file(tmp_path: Path, monkeypatch: 
         write_netx(q, path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.net"]
+
+
+
+@pytest.mark.parametrize("multiple", [1, 2, 4, 16])
+def test_dense_rescaling_keeps_weights_int32_and_exact(multiple: int) -> None:
+    """Weights shared multiples of 2**k (netx's trailing-bit search) pass rescaling exactly, held as int32."""
+    rng = np.random.default_rng(multiple)
+    w = rng.integers(-128 // multiple, 127 // multiple + 1, size=(6, 40)) * multiple
+    w[0, :2] = (multiple, -multiple)
+    eff, exp = dense_effective(w)
+    assert eff.dtype == np.int32 and exp <= 0
+    s = rng.integers(0, 2, size=(40, 8))
+    np.testing.assert_array_equal((eff.astype(np.int64) @ s) >> -exp, w @ s)
