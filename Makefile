@@ -12,6 +12,8 @@ $(BIN)/dvsguard: pyproject.toml
 	# the CPU build of torch first, so nothing pulls a CUDA build
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	$(BIN)/pip install --quiet -e ".[test]"
+	# torchattacks (the authors' attack library, tests only); its torchvision requirement is unused
+	$(BIN)/pip install --quiet --no-deps torchattacks==3.2.7
 	touch $@
 
 install: $(BIN)/dvsguard

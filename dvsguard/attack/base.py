@@ -1,7 +1,12 @@
 """What every attack shares: input checks, L∞ projection, eval mode, gradient modes, seeded noise.
 
 Shapes: frames ``x`` are ``[T, B, C, H, W]`` (time first), labels ``y`` are ``[B]`` int64.
-ε is in frame units (the cache's value scale, frames in ``value_range`` = (0.0, 1.0)).
+ε is in frame units (the cache's value scale, frames in ``value_range``, (0.0, 1.0) by default).
+
+Clamp: ``"data"`` keeps adversarial examples in the data's ``value_range`` (L∞ projection by
+:func:`project`); ``"unit"`` clamps them to [0, 1] whatever the data's range, with torchattacks'
+arithmetic (``clamp(x + clamp(x_adv − x, −ε, ε), 0, 1)`` after a PGD step, ``clamp(·, 0, 1)``
+after a random start or a single step), so on raw counts every count above 1 saturates.
 
 Randomness is per sample: the noise for sample ``i`` is drawn from a generator seeded from
 ``(seed, salt, sample_ids[i], restart)``, so an attack's result on one sample never depends on
@@ -23,6 +28,8 @@ from torch import Tensor, nn
 from dvsguard.errors import AttackError
 
 ValueRange = tuple[float, float]
+CLAMPS = ("data", "unit")
+UNIT: ValueRange = (0.0, 1.0)
 LossFn = Callable[[Tensor, Tensor], Tensor]
 """``loss_fn(logits [B, K], y [B]) -> per-sample loss [B]`` (a scalar is accepted too)."""
 
@@ -53,6 +60,15 @@ def project(x_adv: Tensor, x: Tensor, eps: float, value_range: ValueRange) -> Te
     lo, hi = value_range
     x_adv = torch.max(torch.min(x_adv, x + eps), x - eps)
     return x_adv.clamp(lo, hi)
+
+
+def project_delta(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
+    """torchattacks' PGD projection: ``clamp(x + clamp(x_adv − x, −ε, ε), 0, 1)`` (frames ``[T, B, ...]``).
+
+    The same set as ``project(x_adv, x, eps, (0, 1))`` but rounded as torchattacks rounds it.
+    """
+    delta = torch.clamp(x_adv - x, min=-eps, max=eps)
+    return torch.clamp(x + delta, min=0.0, max=1.0)
 
 
 def forward(model: nn.Module, x: Tensor) -> Tensor:
@@ -188,6 +204,8 @@ def sample_noise(
 class Attack:
     """An L∞ attack: ``attack(model, x, y) -> x_adv`` with ``‖x_adv − x‖∞ ≤ ε`` and x_adv in range.
 
+    ``clamp`` is ``"data"`` (examples stay in ``value_range``) or ``"unit"`` (clamped to [0, 1] as
+    torchattacks does; see the module docstring); :attr:`bounds` is the resulting range.
     Subclasses set ``name`` and implement ``perturb``. During the call the model is in eval mode
     and, when ``grad_mode`` is set, its IF neurons use that gradient; both are restored afterwards.
     ``sample_ids`` ``[B]`` (global indices of the batch's samples) key the per-sample noise, drawn
@@ -207,15 +225,31 @@ class Attack:
         loss_fn: LossFn | None = None,
         seed: int = 0,
         generator: torch.Generator | None = None,
+        clamp: str = "data",
     ) -> None:
         if not eps >= 0.0:
             raise AttackError(f"eps must be >= 0 (frame units), got {eps}")
+        if clamp not in CLAMPS:
+            raise AttackError(f"clamp must be one of {', '.join(CLAMPS)}, got {clamp!r}")
         self.eps = float(eps)
         self.value_range = (float(value_range[0]), float(value_range[1]))
         self.grad_mode = grad_mode
         self.loss_fn = loss_fn
         self.seed = int(seed)
         self.generator = generator
+        self.clamp = clamp
+
+    @property
+    def bounds(self) -> ValueRange:
+        """The range adversarial examples end in: ``value_range`` (clamp ``data``) or (0, 1) (``unit``)."""
+        return self.value_range if self.clamp == "data" else UNIT
+
+    def step_project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        """``x_adv`` after a gradient step, back into the ε-ball around ``x`` and into :attr:`bounds`:
+        :func:`project` (clamp ``data``) or torchattacks' :func:`project_delta` (``unit``)."""
+        if self.clamp == "data":
+            return project(x_adv, x, self.eps, self.value_range)
+        return project_delta(x_adv, x, self.eps)
 
     def with_mode(self, grad_mode: Any) -> Attack:
         """A copy of this attack that uses another gradient mode."""
@@ -244,11 +278,12 @@ class Attack:
             return x.clone()
         with attack_mode(model, self.grad_mode if self.uses_gradient else None):
             x_adv = self.perturb(model, x, y, sample_ids)
-        return project(x_adv.detach(), x, self.eps, self.value_range)
+        return project(x_adv.detach(), x, self.eps, self.bounds)
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, sample_ids: Tensor | Sequence[int] | None) -> Tensor:
         raise NotImplementedError
 
     def __repr__(self) -> str:
         extra = f", grad_mode={self.grad_mode}" if self.grad_mode is not None else ""
+        extra += ", clamp=unit" if self.clamp == "unit" else ""
         return f"{type(self).__name__}(eps={self.eps:.5g}{extra})"

@@ -11,7 +11,7 @@ from dvsguard.attack.base import Attack, LossFn, ValueRange, input_gradient
 
 
 class FGSM(Attack):
-    """Fast gradient sign method: ``x + ε·sign(∇ₓ L(f(x), y))``, projected into the ε-ball and range."""
+    """Fast gradient sign method: ``x + ε·sign(∇ₓ L(f(x), y))``, projected into the ε-ball and :attr:`bounds`."""
 
     name = "fgsm"
 
@@ -29,10 +29,13 @@ def fgsm(
     loss_fn: LossFn | None = None,
     *,
     grad_mode: Any = None,
+    clamp: str = "data",
 ) -> Tensor:
     """``FGSM(eps, ...)(model, x, y)``: frames ``x`` ``[T, B, C, H, W]``, labels ``y`` ``[B]``, ε in frame units.
+
+    ``clamp``: ``data`` (stay in ``value_range``) or ``unit`` (``clamp(x + ε·sign g, 0, 1)``, torchattacks).
 
     The model is in eval mode for the step and its modes are restored afterwards. Returns a
     detached tensor shaped like ``x``.
     """
-    return FGSM(eps, value_range=value_range, loss_fn=loss_fn, grad_mode=grad_mode)(model, x, y)
+    return FGSM(eps, value_range=value_range, loss_fn=loss_fn, grad_mode=grad_mode, clamp=clamp)(model, x, y)

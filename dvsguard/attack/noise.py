@@ -10,7 +10,7 @@ from dvsguard.attack.base import Attack
 
 
 class RandomNoise(Attack):
-    """``x + ε·δ`` with δ uniform in [-1, 1] per element (then clamped into the value range).
+    """``x + ε·δ`` with δ uniform in [-1, 1] per element (then clamped into :attr:`bounds`).
 
     Uses no gradient; the model is not run.
     """

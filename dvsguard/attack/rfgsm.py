@@ -24,6 +24,6 @@ class RFGSM(Attack):
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, sample_ids: Tensor | Sequence[int] | None) -> Tensor:
         noise = self.noise(x, "normal", sample_ids)
-        x_rand = project(x + self.alpha * noise.sign(), x, self.eps, self.value_range)
+        x_rand = project(x + self.alpha * noise.sign(), x, self.eps, self.bounds)
         grad, _, _ = input_gradient(model, x_rand, y, self.loss_fn)
-        return x_rand + (self.eps - self.alpha) * grad.sign()
+        return self.step_project(x_rand + (self.eps - self.alpha) * grad.sign(), x)
