@@ -88,6 +88,15 @@ def _data_stages(cfg: PipelineConfig) -> list[Stage]:
     return out
 
 
+def _black_box_source(attack: dict[str, Any], names: list[str], i: int) -> str | None:
+    """The source of model ``names[i]``'s black-box rows: the named source, else the next model, else none."""
+    if not attack["black_box"]:
+        return None
+    if attack["black_box_source"] is not None:
+        return attack["black_box_source"] if attack["black_box_source"] != names[i] else None
+    return names[(i + 1) % len(names)] if len(names) > 1 else None
+
+
 def _cache(r: Results) -> str:
     return str(r.get("preprocess", {}).get("train", "<preprocess.train>"))
 
@@ -113,10 +122,10 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
 
     if cfg.attack is not None:
         a = cfg.attack
-        names = a["models"] or cfg.train_names()
+        names = a["models"] or [n for n in cfg.train_names() if n != a["black_box_source"]]
         for i, model in enumerate(names):
             folder = run / "attack" / model
-            source = names[(i + 1) % len(names)] if a["black_box"] and len(names) > 1 else None
+            source = _black_box_source(a, names, i)
 
             def attack_values(r: Results, model: str = model, folder: Path = folder, source: str | None = source) -> dict[str, Any]:
                 black = {"source": ckpts[source](r)} if source is not None else {}
