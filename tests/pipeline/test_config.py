@@ -49,13 +49,20 @@ def test_shipped_pipelines_dry_run(path: Path) -> None:
 
 
 def test_shipped_names() -> None:
-    assert {p.name for p in SHIPPED} >= {"quickstart.toml", "cifar10dvs_table2.toml", "cifar10dvs_lambda_sweep.toml"}
+    assert {p.name for p in SHIPPED} >= {"quickstart.toml", "cifar10dvs_table2.toml", "cifar10dvs_robust.toml",
+                                         "cifar10dvs_lambda_sweep.toml"}
 
 
-def test_table2_plan_has_four_defenses() -> None:
+def test_table2_plan_has_four_defenses_and_one_black_box_source() -> None:
     cfg = load_pipeline(ROOT / "pipelines" / "cifar10dvs_table2.toml")
-    assert [t["defense"] for t in cfg.train] == ["vanilla", "fgsm-at", "sr", "sr-star"]
+    assert cfg.protocol == "paper"
+    assert [t["defense"] for t in cfg.train] == ["vanilla", "fgsm-at", "sr", "sr-star", "vanilla"]
     assert cfg.attack is not None and cfg.attack["eps"] == (8 / 255,)
+    rows = {r["stage"]: r["command"] for r in plan(cfg)}
+    attacked = [s for s in rows if s.startswith("attack:")]
+    assert attacked == ["attack:vanilla", "attack:fgsm-at", "attack:sr", "attack:sr-star"]
+    assert {rows[s][rows[s].index("--source") + 1] for s in attacked} == {"<train:black-box-source.checkpoint>"}
+    assert load_pipeline(ROOT / "pipelines" / "cifar10dvs_robust.toml").protocol == "events"
 
 
 @pytest.mark.parametrize(
