@@ -55,7 +55,6 @@ class FrameDataset(Dataset):
         self.info: CacheInfo = open_cache(self.path)
         self.augment = augment
         self.seed = seed
-        self.scale = 1.0 / self.info.count_cap
         with h5py.File(self.path, "r") as f:
             self.labels = f["labels"][()].astype(np.int64)
         self._file: h5py.File | None = None

@@ -140,8 +140,13 @@ def export_checkpoint(ckpt: str | os.PathLike[str], out_dir: str | os.PathLike[s
 
 
 def _check_framing(ckpt: Path, framing: dict[str, Any]) -> None:
-    """Refuse a framing whose T (``n_frames``) no Loihi run takes (``load_model`` has checked the
-    framing's types and ranges already)."""
+    """Refuse a framing whose T (``n_frames``) no Loihi run takes, or whose frames are not integer
+    counts (``resize``: fractional raw counts; ``load_model`` has checked the framing's types and
+    ranges already)."""
+    method = framing.get("method", "downsample")
+    if method != "downsample":
+        raise ExportError(f"{ckpt}: framing method {method!r} feeds the model fractional raw counts; export "
+                          "takes downsample framings (integer counts / count_cap) only")
     t = framing["n_frames"]
     if t > MAX_TIME_STEPS:
         raise ExportError(f"{ckpt}: framing claims T = {t} frames per sample; export takes at most "
