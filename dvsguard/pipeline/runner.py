@@ -83,7 +83,8 @@ def _data_stages(cfg: PipelineConfig) -> list[Stage]:
                          lambda r: {"out_dir": rec_dir, **_options(data, stages.synth, cfg.seed)}))
         source = str(rec_dir)
     out.append(Stage("preprocess", "data", stages.preprocess,
-                     lambda r: {"source": source, **_options(data, stages.preprocess, cfg.seed)},
+                     lambda r: {"source": source, "protocol": cfg.protocol,
+                                **_options(data, stages.preprocess, cfg.seed)},
                      inputs=lambda r: [r["synth"]["out_dir"]] if "synth" in r else []))
     return out
 
@@ -111,7 +112,8 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
 
         def train_values(r: Results, t: dict[str, Any] = t, folder: Path = folder) -> dict[str, Any]:
             init = {"init": ckpts[t["init"]](r)} if t["init"] is not None else {}
-            return {"cache": _cache(r), "out": folder, **init, **_options(t, stages.train, cfg.seed)}
+            return {"cache": _cache(r), "out": folder, "protocol": cfg.protocol, **init,
+                    **_options(t, stages.train, cfg.seed)}
 
         def train_inputs(r: Results, t: dict[str, Any] = t) -> list[str]:
             return [_cache(r)] + ([ckpts[t["init"]](r)] if t["init"] is not None else [])

@@ -27,7 +27,8 @@ class Config:
                                                "events protocol only).", min=1, max=255)
     protocol: str = option(DEFAULT_PROTOCOL, "events: tonic Downsample, counts/count_cap, 9:1 per class; paper: the "
                                              "authors' SpikingJelly frames resized bilinearly (raw counts) and their "
-                                             "seeded random_split.", choices=PROTOCOLS)
+                                             "seeded random_split.", choices=PROTOCOLS,
+                           wired=True)
     workers: int = option(2, "Processes reading and framing recordings.", min=1)
     root: Path | None = option(None, "cifar10dvs, dvsgesture, nmnist, ncaltech101: folder holding (or to receive) "
                                      "the recordings (default: data, resp. data/<name>).")

@@ -51,7 +51,7 @@ class Config:
     fixed_point: bool = option(False, "Fine-tune --init in Loihi 2 fixed point: the model trained is the integer "
                                       "network `export` writes.")
     protocol: str | None = option(None, "events or paper (default: the cache's; must agree with it).",
-                                  choices=PROTOCOLS)
+                                  choices=PROTOCOLS, wired=True)
 
     def train_config(self) -> Any:
         """The :class:`~dvsguard.train.trainer.TrainConfig` (what determines the result) of these options."""
