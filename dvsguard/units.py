@@ -126,3 +126,24 @@ def convert_budget(value: float, what: str, k: float, to: str, sr_form: str = "s
     # events → paper multiplies ε and h by k and λ by k^power: at equal λ the events term is k^power× the paper's
     factor = k ** powers[what]
     return value * factor if to == "paper" else value / factor
+
+
+def budget_note(what: str, value: float, protocol: str, count_cap: int | None,
+                sensor_wh: tuple[int, int] | None, frame_hw: tuple[int, int]) -> str:
+    """One line stating a budget ``what`` (ε or h, frame units) in events and in the other protocol's unit.
+
+    ``sensor_wh`` None (recordings of several sensor sizes) leaves out the per-sensor-pixel figures.
+    """
+    parts = [f"{what} = {eps_label(value)} ({protocol} protocol)"]
+    if protocol == "events" and count_cap is not None:
+        parts.append(f"{eps_to_events(value, count_cap):.3g} events per frame pixel")
+    if sensor_wh is not None:
+        parts.append(f"{events_per_sensor_pixel(value, protocol, count_cap, sensor_wh, frame_hw):.3g} events per "
+                     f"sensor pixel and frame bin")
+        if protocol == "events" and count_cap is not None:
+            k = paper_units_per_events_unit(count_cap, sensor_wh, frame_hw)
+            parts.append(f"{convert_budget(value, 'eps', k, 'paper') * 255:.3g}/255 in paper units")
+        elif protocol == "paper":
+            k = paper_units_per_events_unit(15, sensor_wh, frame_hw)
+            parts.append(f"{convert_budget(value, 'eps', k, 'events') * 255:.3g}/255 in events units (count_cap 15)")
+    return "; ".join(parts)

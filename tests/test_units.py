@@ -83,3 +83,15 @@ def test_converted_lambda_weighs_the_same_sr_term() -> None:
     lam_p = 0.002
     lam_e = convert_budget(lam_p, "lam", k, "events")
     assert float(lam_e * grad_e.abs().sum() ** 2) == pytest.approx(float(lam_p * grad_p.abs().sum() ** 2), rel=1e-5)
+
+
+def test_budget_note_states_events_and_the_other_unit() -> None:
+    from dvsguard.units import budget_note
+
+    note = budget_note("ε", 8 / 255, "events", 15, (128, 128), (48, 48))
+    assert note.startswith("ε = 8/255 (events protocol)")
+    assert "0.471 events per frame pixel" in note and "0.0662 events per sensor pixel" in note
+    assert "16.9/255 in paper units" in note
+    paper = budget_note("ε", 8 / 255, "paper", None, (128, 128), (48, 48))
+    assert "0.0314 events per sensor pixel" in paper and "3.79/255 in events units" in paper
+    assert "sensor pixel" not in budget_note("ε", 8 / 255, "events", 15, None, (48, 48))

@@ -20,7 +20,8 @@ other by name):
   ``classes``, ``framing`` (JSON of :class:`FramingConfig`), ``count_cap`` (downsample only),
   ``value_range`` (of the float32 frames at the model's door: ``(0, 1)`` for
   ``count / count_cap``; ``(0, max(peak))`` for raw counts, set when the build finishes),
-  ``siblings`` (JSON ``{split: file name}``), ``failed`` (JSON ``[[file, cause], ...]``).
+  ``siblings`` (JSON ``{split: file name}``), ``failed`` (JSON ``[[file, cause], ...]``),
+  ``sensor_size`` (``[W, H]`` of the recordings' sensor, ``[0, 0]`` when they differ).
 
 A build writes ``<name>.h5.partial``; every ``commit_every`` samples (or 5 s) it records
 their CRCs (and peaks), marks them ``done``, flushes and fsyncs. A rerun checks the CRC of every sample
@@ -75,7 +76,9 @@ class CacheInfo:
     ``value_range`` is that of the float32 model input: ``(0, 1)`` for ``count / count_cap``
     (downsample), ``(0, largest stored value)`` for raw counts (resize, ``count_cap`` None).
     ``protocol`` is the protocol the cache was built under (``events`` for caches from before
-    protocols were recorded).
+    protocols were recorded). ``sensor_size`` is the recordings' sensor ``(W, H)`` in pixels, or
+    None when they differ (or the cache predates it); budgets convert to events per sensor pixel
+    with it (:mod:`dvsguard.units`).
     """
 
     path: Path
@@ -93,6 +96,7 @@ class CacheInfo:
     siblings: dict[str, Path] = field(default_factory=dict)
     failed: list[tuple[str, str]] = field(default_factory=list)
     protocol: str = DEFAULT_PROTOCOL
+    sensor_size: tuple[int, int] | None = None
 
 
 @dataclass
@@ -235,7 +239,18 @@ def _info_from_file(f: h5py.File, path: Path, require_complete: bool = True) -> 
         siblings=siblings,
         failed=failed,  # type: ignore[arg-type]
         protocol=protocol,
+        sensor_size=_sensor_attr(f),
     )
+
+
+def _sensor_attr(f: h5py.File) -> tuple[int, int] | None:
+    """The recordings' common sensor size ``(W, H)``, or None (not recorded, or recordings of several sizes)."""
+    have = f.attrs.get("sensor_size")
+    try:
+        w, h = (int(v) for v in have)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    return (w, h) if w > 0 and h > 0 else None
 
 
 def _str_attr(f: h5py.File, name: str, default: str) -> str:
@@ -336,9 +351,9 @@ def _bad_samples(f: h5py.File, indices: np.ndarray) -> list[int]:
 # ----------------------------------------------------------------------------- building
 
 
-def _frame_job(job: tuple[int, str, FramingConfig, str | None]) -> tuple[int, bytes, int, float, str]:
+def _frame_job(job: tuple[int, str, FramingConfig, str | None]) -> tuple[int, bytes, int, float, tuple[int, int], str]:
     """Worker: read + frame one recording → (index, HDF5 chunk bytes, CRC-32 of the frames,
-    largest frame value, error).
+    largest frame value, sensor size ``(W, H)`` in pixels, error).
 
     The chunk is the ``[1, T, 2, H, W]`` frames (``cfg.dtype``), deflated when ``compression``
     is gzip, so the writing process only stores it.
@@ -347,15 +362,17 @@ def _frame_job(job: tuple[int, str, FramingConfig, str | None]) -> tuple[int, by
     from dvsguard.data.events import read_events
 
     try:
-        frames = events_to_frames(read_events(path), cfg)
+        recording = read_events(path)
+        frames = events_to_frames(recording, cfg)
     except DvsguardError as exc:
         msg = str(exc)
-        return index, b"", 0, 0.0, msg if path in msg else f"{path}: {msg}"
+        return index, b"", 0, 0.0, (0, 0), msg if path in msg else f"{path}: {msg}"
     except Exception as exc:  # a reader bug must not stop the other recordings
-        return index, b"", 0, 0.0, f"{path}: {type(exc).__name__}: {exc}"
+        return index, b"", 0, 0.0, (0, 0), f"{path}: {type(exc).__name__}: {exc}"
     raw = np.ascontiguousarray(frames, dtype=cfg.dtype).tobytes()
     chunk = zlib.compress(raw, GZIP_LEVEL) if compression == "gzip" else raw
-    return index, chunk, zlib.crc32(raw), float(frames.max()), ""
+    sensor = (int(recording.sensor_size[0]), int(recording.sensor_size[1]))
+    return index, chunk, zlib.crc32(raw), float(frames.max()), sensor, ""
 
 
 def _frames_dataset(f: h5py.File, n: int, shape: tuple[int, ...], dtype: np.dtype,
@@ -594,7 +611,8 @@ def _frame_into(partial: Path, jobs: list[tuple[int, str, FramingConfig, str | N
             pool.join()
 
 
-def _write_results(partial: Path, results: Iterable[tuple[int, bytes, int, float, str]], done: np.ndarray,
+def _write_results(partial: Path, results: Iterable[tuple[int, bytes, int, float, tuple[int, int], str]],
+                   done: np.ndarray,
                    commit_every: int, on_sample: Callable[[int], None] | None,
                    *, label: str, progress: bool) -> dict[int, str]:
     """Store the framed chunks of ``results`` (from :func:`_frame_job`) in ``partial``, committing
@@ -625,11 +643,12 @@ def _write_results(partial: Path, results: Iterable[tuple[int, bytes, int, float
                 pending.clear()
 
         shape_tail = (0,) * (frames_ds.ndim - 1)
-        for index, chunk, crc, peak, error in results:
+        for index, chunk, crc, peak, sensor, error in results:
             if error:
                 errors[index] = error
                 log.warning("skipped %s", error)
             else:
+                _note_sensor(f, sensor)
                 frames_ds.id.write_direct_chunk((index, *shape_tail), chunk)
                 pending[index] = (crc, peak)
             bar.advance(task)
@@ -640,6 +659,15 @@ def _write_results(partial: Path, results: Iterable[tuple[int, bytes, int, float
                 on_sample(index)
         commit()
     return errors
+
+
+def _note_sensor(f: h5py.File, sensor: tuple[int, int]) -> None:
+    """Record the recordings' sensor size ``(W, H)`` in attribute ``sensor_size``; ``(0, 0)`` once two differ."""
+    have = f.attrs.get("sensor_size")
+    if have is None:
+        f.attrs["sensor_size"] = np.array(sensor, dtype=np.int64)
+    elif tuple(int(v) for v in have) not in ((0, 0), sensor):
+        f.attrs["sensor_size"] = np.array((0, 0), dtype=np.int64)
 
 
 def _finish(partial: Path, path: Path, done: np.ndarray, compression: str | None,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dvsguard.protocol import PROTOCOLS
 from dvsguard.stages.base import SEED_MAX, Result, check_output, option
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,11 +102,28 @@ def check(config: Config) -> None:
     check_output(config.out, "--out", folder=True)
 
 
+def budget_notes(config: Config) -> list[str]:
+    """The defense's budgets (ε of the adversary, h of SR) in events and in the other protocol's unit."""
+    from dvsguard.data.cache import open_cache
+    from dvsguard.units import budget_note
+
+    info = open_cache(config.cache)
+    budgets = []
+    if config.defense in ("fgsm-at", "pgd-at", "sr-star", "rat"):
+        budgets.append(("training ε", config.eps))
+    if config.defense in ("sr", "sr-star"):
+        budgets.append(("SR step h", config.h))
+    return [budget_note(what, value, info.protocol, info.count_cap, info.sensor_size, (info.height, info.width))
+            for what, value in budgets]
+
+
 def run(config: Config) -> TrainResult:
-    """Train (or resume) into ``config.out``."""
+    """Train (or resume) into ``config.out``; logs the budgets in events and in the other protocol's unit."""
     from dvsguard.train.trainer import train
 
     check_output(config.out, "--out", folder=True)
+    for note in budget_notes(config):
+        log.info("%s", note)
     done = train(config.train_config(), config.out, resume=config.resume, workers=config.workers,
                  device=config.device, threads=config.threads, overwrite=config.overwrite)
     return TrainResult(**done)
