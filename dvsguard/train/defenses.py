@@ -18,11 +18,13 @@ start, retraction of all rows of every Conv2d and of every Linear layer with few
 output rows, and of a random 30% of the rows of each larger Linear layer, drawn afresh after
 every step).
 
-Units: the defaults (ε = 2/255, h = 0.01, λ = 0.002) are the paper's DVS settings, applied here
-to frames in ``count / count_cap``. The authors' CIFAR10-DVS frames were raw event counts
-(resized, not normalised), so, taking one of their units as about one event, ‖∇ₓf_y‖₁ is about
-``count_cap``× larger here: the same λ weighs the ``sq`` term about ``count_cap²``× (``abs``:
-``count_cap``×) more, and ε and h are about ``count_cap``× larger in events.
+Units: the defaults (ε = 2/255, h = 0.01, λ = 0.002) are the paper's DVS settings, in the frame
+units of the protocol the cache was built under. Under ``paper`` they mean what they meant to
+the authors (raw counts per sensor pixel, resized). Under ``events`` one frame unit is
+``count_cap`` events of a frame pixel, k = 2.11× the authors' unit for CIFAR10-DVS at 48×48
+(:func:`dvsguard.units.paper_units_per_events_unit`): the same ε and h are 2.11× stronger and
+the same λ weighs the ``sq`` term k² ≈ 4.45× (``abs``: k×) more; :func:`dvsguard.units.convert_budget`
+converts them.
 """
 
 from __future__ import annotations
