@@ -24,6 +24,7 @@ from dvsguard.export.netx import (
     write_netx,
 )
 from dvsguard.export.quantize import QuantizedNet, quantize_model
+from dvsguard.protocol import DEFAULT_PROTOCOL
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ def export_checkpoint(ckpt: str | os.PathLike[str], out_dir: str | os.PathLike[s
         "epoch": payload.get("epoch"),
         "metrics": payload.get("metrics"),
         "value_range": data.get("value_range"),
+        "protocol": data.get("protocol", DEFAULT_PROTOCOL),
     }
     result = export_model(
         model,
