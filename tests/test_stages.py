@@ -115,3 +115,14 @@ def test_config_json_round_trip() -> None:
 def test_bad_values_name_the_option(values: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         build(stages.attack.Config, {"checkpoint": "a.pt", "cache": "c.h5", **values}, "p.toml: [attack]")
+
+
+def test_train_states_its_budgets_in_events(digits_cache: Path) -> None:
+    """train logs ε and h in events per frame pixel and sensor pixel and in the paper protocol's unit."""
+    from dvsguard.stages import train
+
+    notes = train.budget_notes(train.Config(cache=digits_cache, defense="sr-star", out=Path("unused")))
+    assert [n.split(" = ")[0] for n in notes] == ["training ε", "SR step h"]
+    # 16×16 sensor framed at 16×16: one sensor pixel per frame pixel, k = count_cap = 15
+    assert "0.118 events per frame pixel; 0.118 events per sensor pixel" in notes[0] and "30/255 in paper" in notes[0]
+    assert train.budget_notes(train.Config(cache=digits_cache, defense="vanilla", out=Path("unused"))) == []

@@ -44,3 +44,54 @@ def test_events_per_frame_bin() -> None:
     assert eps_to_events(8 / 255, 15) == pytest.approx(120 / 255)
     assert events_to_eps(eps_to_events(0.03, 15), 15) == pytest.approx(0.03)
     assert eps_to_events(1 / 15, 15) == pytest.approx(1.0)
+
+
+def test_protocol_conversion_of_cifar10dvs_at_48() -> None:
+    from dvsguard.units import convert_budget, events_per_sensor_pixel, paper_units_per_events_unit
+
+    k = paper_units_per_events_unit(15, (128, 128), (48, 48))
+    assert k == pytest.approx(15 * 48 * 48 / 128**2)
+    # ε = 8/255 under events is 16.9/255 in the authors' unit; under paper it is 0.031 events per sensor pixel
+    assert convert_budget(8 / 255, "eps", k, "paper") * 255 == pytest.approx(16.875)
+    assert events_per_sensor_pixel(8 / 255, "paper", None, (128, 128), (48, 48)) == pytest.approx(0.0314, abs=1e-4)
+    assert events_per_sensor_pixel(8 / 255, "events", 15, (128, 128), (48, 48)) == pytest.approx(2.109375 * 8 / 255)
+    for what in ("eps", "h", "lam"):
+        there = convert_budget(0.002, what, k, "events")
+        assert convert_budget(there, what, k, "paper") == pytest.approx(0.002)
+    assert convert_budget(0.002, "lam", k, "events") == pytest.approx(0.002 / k**2)
+    assert convert_budget(0.002, "lam", k, "events", sr_form="abs") == pytest.approx(0.002 / k)
+    with pytest.raises(ConfigError, match="expected eps, h or lam"):
+        convert_budget(1.0, "alpha", k, "paper")
+
+
+def test_converted_lambda_weighs_the_same_sr_term() -> None:
+    """A model on paper units g(v) seen in events units f(u) = g(k·u): λ converted gives the same λ‖∇f_y‖₁²."""
+    import torch
+
+    from dvsguard.units import convert_budget
+
+    k = 2.109375
+    w = torch.randn(50, generator=torch.Generator().manual_seed(0))
+
+    def g(v: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(v @ w)
+
+    v = torch.rand(50, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    (grad_p,) = torch.autograd.grad(g(v), v)
+    u = (v.detach() / k).requires_grad_(True)
+    (grad_e,) = torch.autograd.grad(g(k * u), u)
+    lam_p = 0.002
+    lam_e = convert_budget(lam_p, "lam", k, "events")
+    assert float(lam_e * grad_e.abs().sum() ** 2) == pytest.approx(float(lam_p * grad_p.abs().sum() ** 2), rel=1e-5)
+
+
+def test_budget_note_states_events_and_the_other_unit() -> None:
+    from dvsguard.units import budget_note
+
+    note = budget_note("ε", 8 / 255, "events", 15, (128, 128), (48, 48))
+    assert note.startswith("ε = 8/255 (events protocol)")
+    assert "0.471 events per frame pixel" in note and "0.0662 events per sensor pixel" in note
+    assert "16.9/255 in paper units" in note
+    paper = budget_note("ε", 8 / 255, "paper", None, (128, 128), (48, 48))
+    assert "0.0314 events per sensor pixel" in paper and "3.79/255 in events units" in paper
+    assert "sensor pixel" not in budget_note("ε", 8 / 255, "events", 15, None, (48, 48))

@@ -512,6 +512,7 @@ def analyze_models(
             m = measure_model(model, samples, settings, seed)
         train = payload.get("train") or {}
         m["defense"] = train.get("defense")
+        m["protocol"] = (payload.get("data") or {}).get("protocol", "events")
         m["lam"] = training_lambda(train)
         m["checkpoint"] = (sources or {}).get(name)
         m["summary"] = summarize(m, settings.theory_eps)
@@ -557,7 +558,7 @@ def analyze_models(
                                                             "median_ratio_pred", "median_ratio_emp")}
                    | {"bounds_pred_rate": v["summary"]["theorem"]["bounds_pred_rate"],
                       "bounds_emp_rate": v["summary"]["theorem"]["bounds_emp_rate"],
-                      "defense": v["defense"], "lam": v["lam"]}
+                      "defense": v["defense"], "lam": v["lam"], "protocol": v["protocol"]}
                    for k, v in doc["models"].items()},
         "lambda_sweep": sweep is not None,
     }

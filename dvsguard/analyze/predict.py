@@ -28,7 +28,7 @@ from dvsguard.atomic import write_text
 from dvsguard.data.events import read_events
 from dvsguard.data.frames import FramingConfig, events_to_frames, frames_to_float
 from dvsguard.data.preprocess import find_recordings, read_labels
-from dvsguard.errors import ConfigError, DvsguardError, RecordingError
+from dvsguard.errors import CheckpointError, ConfigError, DvsguardError, RecordingError
 from dvsguard.progress import make_progress
 from dvsguard.snn.checkpoint import load_model
 from dvsguard.snn.neuron import IFNeuron
@@ -322,7 +322,11 @@ def predict(
     data = payload.get("data", {})
     framing = FramingConfig.from_dict(data.get("framing") or {})
     classes = list(data.get("classes") or [str(i) for i in range(model.cfg.num_classes)])
-    value_range = tuple(data.get("value_range") or framing.value_range)
+    recorded_range = data.get("value_range") or framing.value_range
+    if recorded_range is None:
+        raise CheckpointError(f"{checkpoint}: its {framing.method} framing has no fixed value range and the "
+                              "checkpoint records none (data.value_range)")
+    value_range = tuple(recorded_range)
     files = find_recordings(root, exclude=out_path)  # only the output file, not its folder of recordings
     if not files:
         raise RecordingError(f"{root}: no recordings found")

@@ -320,7 +320,7 @@ def training_section(layout: RunLayout, assets: Path) -> Section | None:
         sec.items.append(Section("Configuration", [Table(["run", *TRAIN_KEYS], config_rows)], level=3))
     if data_cfg:
         framing = data_cfg.get("framing") or {}
-        rows = {**{f"framing.{k}": v for k, v in framing.items()},
+        rows = {"protocol": data_cfg.get("protocol", "events"), **{f"framing.{k}": v for k, v in framing.items()},
                 "classes": ", ".join(map(str, data_cfg.get("classes") or [])),
                 "value_range": data_cfg.get("value_range"), "cache": data_cfg.get("cache")}
         sec.items.append(Section("Data", [kv_table(rows)], level=3))

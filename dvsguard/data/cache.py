@@ -1,22 +1,30 @@
 """The HDF5 frame cache: one file per (source, split, framing config), built atomically and resumably.
 
-File layout (``<source>-<split>-<key>.h5``; ``key`` hashes the framing config, the format
-version and the source listing — paths, sizes, mtimes, labels of every split — so the
-splits of one build share it and find each other by name):
+File layout (``<source>-<split>-<key>.h5`` under the ``events`` protocol,
+``<source>-<protocol>-<split>-<key>.h5`` under another; ``key`` hashes the framing config,
+the format version, the protocol (when not ``events``) and the source listing — paths,
+sizes, mtimes, labels of every split — so the splits of one build share it and find each
+other by name):
 
-* ``frames``  uint8 ``[N, T, 2, H, W]`` event counts clipped at ``count_cap``, one chunk per
-  sample ``(1, T, 2, H, W)``, deflated (gzip level 1) by the framing workers and stored
-  as raw chunks, so the single writing process does little more than write;
+* ``frames``  ``[N, T, 2, H, W]``, one chunk per sample ``(1, T, 2, H, W)``, deflated (gzip
+  level 1) by the framing workers and stored as raw chunks, so the single writing process
+  does little more than write: uint8 event counts clipped at ``count_cap`` (framing method
+  ``downsample``) or float32 raw event counts (``resize``, see
+  :func:`dvsguard.data.frames.resize_frames`);
 * ``labels``  int64 ``[N]`` class indices into the ``classes`` attribute;
 * ``sources`` str ``[N]`` recording paths relative to the source root;
 * ``crc``     uint32 ``[N]`` CRC-32 of each sample's frame bytes; ``done`` uint8 ``[N]``;
+* ``peak``    float32 ``[N]`` largest frame value of each sample (float frames only);
 * attributes: ``format``, ``format_version``, ``complete``, ``split``, ``source``, ``key``,
-  ``classes``, ``framing`` (JSON of :class:`FramingConfig`), ``count_cap``,
-  ``value_range`` (frames at the model's door are float32 ``count / count_cap`` in it),
-  ``siblings`` (JSON ``{split: file name}``), ``failed`` (JSON ``[[file, cause], ...]``).
+  ``protocol`` (:mod:`dvsguard.protocol` name; a cache without it is ``events``),
+  ``classes``, ``framing`` (JSON of :class:`FramingConfig`), ``count_cap`` (downsample only),
+  ``value_range`` (of the float32 frames at the model's door: ``(0, 1)`` for
+  ``count / count_cap``; ``(0, max(peak))`` for raw counts, set when the build finishes),
+  ``siblings`` (JSON ``{split: file name}``), ``failed`` (JSON ``[[file, cause], ...]``),
+  ``sensor_size`` (``[W, H]`` of the recordings' sensor, ``[0, 0]`` when they differ).
 
 A build writes ``<name>.h5.partial``; every ``commit_every`` samples (or 5 s) it records
-their CRCs, marks them ``done``, flushes and fsyncs. A rerun checks the CRC of every sample
+their CRCs (and peaks), marks them ``done``, flushes and fsyncs. A rerun checks the CRC of every sample
 marked done and frames only the rest (a partial file that cannot be read or written back is started afresh), so a
 build killed at any moment resumes without trusting half-written data. When every recording is
 framed (or failed), the file is marked ``complete``, fsynced and renamed to its final
@@ -47,6 +55,8 @@ import numpy as np
 from dvsguard.atomic import atomic_path, fsync_path, replace
 from dvsguard.data.frames import VALUE_RANGE, FramingConfig, events_to_frames
 from dvsguard.errors import CacheError, DvsguardError
+from dvsguard.protocol import DEFAULT_PROTOCOL
+from dvsguard.protocol import get as get_protocol
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +71,15 @@ Item = tuple[Path, int]  # (recording path, class index)
 
 @dataclass(frozen=True)
 class CacheInfo:
-    """What a validated cache file holds. ``value_range`` is that of ``count / count_cap``."""
+    """What a validated cache file holds.
+
+    ``value_range`` is that of the float32 model input: ``(0, 1)`` for ``count / count_cap``
+    (downsample), ``(0, largest stored value)`` for raw counts (resize, ``count_cap`` None).
+    ``protocol`` is the protocol the cache was built under (``events`` for caches from before
+    protocols were recorded). ``sensor_size`` is the recordings' sensor ``(W, H)`` in pixels, or
+    None when they differ (or the cache predates it); budgets convert to events per sensor pixel
+    with it (:mod:`dvsguard.units`).
+    """
 
     path: Path
     split: str
@@ -71,12 +89,14 @@ class CacheInfo:
     width: int
     classes: list[str]
     value_range: tuple[float, float]
-    count_cap: int
+    count_cap: int | None
     framing: dict[str, Any]
     source: str
     key: str
     siblings: dict[str, Path] = field(default_factory=dict)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    protocol: str = DEFAULT_PROTOCOL
+    sensor_size: tuple[int, int] | None = None
 
 
 @dataclass
@@ -112,23 +132,29 @@ def source_listing(items: Sequence[Item]) -> list[list[Any]]:
     return rows
 
 
-def cache_key(splits: dict[str, Sequence[Item]], cfg: FramingConfig, classes: Sequence[str]) -> str:
-    """12 hex digits of SHA-256 over the format version, framing config, classes and listing."""
-    payload = {
+def cache_key(splits: dict[str, Sequence[Item]], cfg: FramingConfig, classes: Sequence[str],
+              protocol: str = DEFAULT_PROTOCOL) -> str:
+    """12 hex digits of SHA-256 over the format version, framing config, classes, listing and
+    protocol (left out for ``events``, whose caches keep the keys they had before protocols)."""
+    payload: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "framing": cfg.to_dict(),
         "classes": list(classes),
         "splits": {name: source_listing(items) for name, items in sorted(splits.items())},
     }
+    if get_protocol(protocol).name != DEFAULT_PROTOCOL:
+        payload["protocol"] = protocol
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def cache_paths(cache_dir: str | os.PathLike, source: str, splits: dict[str, Sequence[Item]],
-                cfg: FramingConfig, classes: Sequence[str]) -> dict[str, Path]:
-    """``{split: cache_dir/<source>-<split>-<key>.h5}`` for every split."""
-    key = cache_key(splits, cfg, classes)
-    return {name: Path(cache_dir) / f"{source}-{name}-{key}.h5" for name in splits}
+                cfg: FramingConfig, classes: Sequence[str], protocol: str = DEFAULT_PROTOCOL) -> dict[str, Path]:
+    """``{split: cache_dir/<source>-<split>-<key>.h5}`` for every split (``<source>-<protocol>-<split>-<key>.h5``
+    under a protocol other than ``events``)."""
+    key = cache_key(splits, cfg, classes, protocol)
+    prefix = source if get_protocol(protocol).name == DEFAULT_PROTOCOL else f"{source}-{protocol}"
+    return {name: Path(cache_dir) / f"{prefix}-{name}-{key}.h5" for name in splits}
 
 
 def split_path(info_or_path: CacheInfo | str | os.PathLike, split: str) -> Path:
@@ -169,16 +195,32 @@ def _info_from_file(f: h5py.File, path: Path, require_complete: bool = True) -> 
         cfg = FramingConfig.from_dict(_json_attr(f, "framing", path))
     except DvsguardError as exc:
         raise CacheError(f"{path}: bad framing attribute ({exc})") from None
+    protocol = _str_attr(f, "protocol", DEFAULT_PROTOCOL)
+    try:
+        expected_method = get_protocol(protocol, f"{path}: attribute 'protocol'").framing
+    except DvsguardError as exc:
+        raise CacheError(str(exc)) from None
+    if cfg.method != expected_method:
+        raise CacheError(f"{path}: framing method {cfg.method!r} does not belong to protocol {protocol!r} "
+                         f"(which frames by {expected_method!r})")
     classes = _json_attr(f, "classes", path)
     frames, labels = f["frames"], f["labels"]
     n = frames.shape[0] if frames.ndim else -1
-    if frames.dtype != np.uint8 or tuple(frames.shape[1:]) != cfg.shape:
-        raise CacheError(f"{path}: frames are {frames.dtype} {frames.shape}, expected uint8 [N, {', '.join(map(str, cfg.shape))}]")
-    for name in ("labels", "sources", "crc"):
+    if frames.dtype != cfg.dtype or tuple(frames.shape[1:]) != cfg.shape:
+        raise CacheError(f"{path}: frames are {frames.dtype} {frames.shape}, "
+                         f"expected {cfg.dtype} [N, {', '.join(map(str, cfg.shape))}]")
+    counted = ("labels", "sources", "crc") + (("peak",) if cfg.value_range is None else ())
+    for name in counted:
+        if name not in f or not isinstance(f[name], h5py.Dataset):
+            raise CacheError(f"{path}: dataset {name!r} is missing")
         if f[name].shape != (n,):
             raise CacheError(f"{path}: {name} has shape {f[name].shape}, frames hold {n} samples")
     if n and require_complete:
         _check_labels(labels[()], len(classes), path)
+    if cfg.value_range is None:
+        value_range = _raw_value_range(f, path, n)
+    else:
+        value_range = tuple(float(v) for v in f.attrs.get("value_range", VALUE_RANGE))
     siblings = {k: path.parent / v for k, v in _json_attr(f, "siblings", path).items()}
     failed = [tuple(x) for x in _json_attr(f, "failed", path)] if "failed" in f.attrs else []
     return CacheInfo(
@@ -189,14 +231,49 @@ def _info_from_file(f: h5py.File, path: Path, require_complete: bool = True) -> 
         height=cfg.height,
         width=cfg.width,
         classes=[str(c) for c in classes],
-        value_range=tuple(float(v) for v in f.attrs.get("value_range", VALUE_RANGE)),  # type: ignore[arg-type]
+        value_range=value_range,  # type: ignore[arg-type]
         count_cap=cfg.count_cap,
         framing=cfg.to_dict(),
         source=str(f.attrs.get("source", "")),
         key=str(f.attrs.get("key", "")),
         siblings=siblings,
         failed=failed,  # type: ignore[arg-type]
+        protocol=protocol,
+        sensor_size=_sensor_attr(f),
     )
+
+
+def _sensor_attr(f: h5py.File) -> tuple[int, int] | None:
+    """The recordings' common sensor size ``(W, H)``, or None (not recorded, or recordings of several sizes)."""
+    have = f.attrs.get("sensor_size")
+    try:
+        w, h = (int(v) for v in have)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    return (w, h) if w > 0 and h > 0 else None
+
+
+def _str_attr(f: h5py.File, name: str, default: str) -> str:
+    value = f.attrs.get(name, default)
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _raw_value_range(f: h5py.File, path: Path, n: int) -> tuple[float, float]:
+    """``value_range`` of a raw-count cache, checked against its per-sample ``peak``: finite and
+    ``(0, max(peak))``; a NaN, infinite or negative peak is refused."""
+    peak = f["peak"][()].astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(peak) | (peak < 0))
+    if len(bad):
+        raise CacheError(f"{path}: frames hold NaN, infinite or negative values (peak {peak[bad[0]]} "
+                         f"at sample {int(bad[0])})")
+    stored = f.attrs.get("value_range")
+    if stored is None or np.shape(stored) != (2,):
+        raise CacheError(f"{path}: attribute 'value_range' is {stored!r}, expected [0, largest frame value]")
+    lo, hi = (float(v) for v in stored)
+    want = float(peak.max()) if n else 0.0
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo != 0.0 or hi != want:
+        raise CacheError(f"{path}: attribute 'value_range' is [{lo}, {hi}], but the frames span [0, {want}]")
+    return (lo, hi)
 
 
 def _check_labels(lab: np.ndarray, n_classes: int, path: Path) -> None:
@@ -247,17 +324,23 @@ def verify_cache(path: str | os.PathLike) -> CacheInfo:
     with _open_h5(path) as f:
         bad = _bad_samples(f, np.arange(info.n_samples))
     if bad:
-        raise CacheError(f"{path}: {len(bad)} sample(s) fail their checksum, first index {bad[0]}")
+        check = "checksum" if info.count_cap is not None else "checksum or value check"
+        raise CacheError(f"{path}: {len(bad)} sample(s) fail their {check}, first index {bad[0]}")
     return info
 
 
 def _bad_samples(f: h5py.File, indices: np.ndarray) -> list[int]:
-    """Indices whose stored frames are unreadable or do not match their CRC-32."""
+    """Indices whose stored frames are unreadable or do not match their CRC-32 (float frames: or
+    hold values that are not finite, negative, or above the sample's recorded ``peak``)."""
     frames, crcs = f["frames"], f["crc"][()]
+    peaks = f["peak"][()] if frames.dtype.kind == "f" else None
     bad = []
     for i in indices:
         try:
-            ok = zlib.crc32(frames[int(i)].tobytes()) == int(crcs[i])
+            sample = frames[int(i)]
+            ok = zlib.crc32(sample.tobytes()) == int(crcs[i])
+            if ok and peaks is not None:
+                ok = bool(np.isfinite(sample).all()) and float(sample.min()) >= 0 and float(sample.max()) == peaks[i]
         except Exception:  # unreadable chunk
             ok = False
         if not ok:
@@ -268,33 +351,37 @@ def _bad_samples(f: h5py.File, indices: np.ndarray) -> list[int]:
 # ----------------------------------------------------------------------------- building
 
 
-def _frame_job(job: tuple[int, str, FramingConfig, str | None]) -> tuple[int, bytes, int, str]:
-    """Worker: read + frame one recording → (index, HDF5 chunk bytes, CRC-32 of the frames, error).
+def _frame_job(job: tuple[int, str, FramingConfig, str | None]) -> tuple[int, bytes, int, float, tuple[int, int], str]:
+    """Worker: read + frame one recording → (index, HDF5 chunk bytes, CRC-32 of the frames,
+    largest frame value, sensor size ``(W, H)`` in pixels, error).
 
-    The chunk is the uint8 ``[1, T, 2, H, W]`` frames, deflated when ``compression`` is gzip,
-    so the writing process only stores it.
+    The chunk is the ``[1, T, 2, H, W]`` frames (``cfg.dtype``), deflated when ``compression``
+    is gzip, so the writing process only stores it.
     """
     index, path, cfg, compression = job
     from dvsguard.data.events import read_events
 
     try:
-        frames = events_to_frames(read_events(path), cfg)
+        recording = read_events(path)
+        frames = events_to_frames(recording, cfg)
     except DvsguardError as exc:
         msg = str(exc)
-        return index, b"", 0, msg if path in msg else f"{path}: {msg}"
+        return index, b"", 0, 0.0, (0, 0), msg if path in msg else f"{path}: {msg}"
     except Exception as exc:  # a reader bug must not stop the other recordings
-        return index, b"", 0, f"{path}: {type(exc).__name__}: {exc}"
-    raw = np.ascontiguousarray(frames).tobytes()
+        return index, b"", 0, 0.0, (0, 0), f"{path}: {type(exc).__name__}: {exc}"
+    raw = np.ascontiguousarray(frames, dtype=cfg.dtype).tobytes()
     chunk = zlib.compress(raw, GZIP_LEVEL) if compression == "gzip" else raw
-    return index, chunk, zlib.crc32(raw), ""
+    sensor = (int(recording.sensor_size[0]), int(recording.sensor_size[1]))
+    return index, chunk, zlib.crc32(raw), float(frames.max()), sensor, ""
 
 
-def _frames_dataset(f: h5py.File, n: int, shape: tuple[int, ...], compression: str | None) -> h5py.Dataset:
+def _frames_dataset(f: h5py.File, n: int, shape: tuple[int, ...], dtype: np.dtype,
+                    compression: str | None) -> h5py.Dataset:
     if compression not in ("gzip", None):
         raise CacheError(f"{f.filename}: compression must be 'gzip' or None, not {compression!r}")
     if n == 0:
-        return f.create_dataset("frames", shape=(0, *shape), dtype=np.uint8)
-    return f.create_dataset("frames", shape=(n, *shape), dtype=np.uint8, chunks=(1, *shape),
+        return f.create_dataset("frames", shape=(0, *shape), dtype=dtype)
+    return f.create_dataset("frames", shape=(n, *shape), dtype=dtype, chunks=(1, *shape),
                             compression=compression, compression_opts=GZIP_LEVEL if compression else None)
 
 
@@ -310,11 +397,13 @@ def _relative(path: Path, root: Path | None) -> str:
 def _create_partial(partial: Path, n: int, cfg: FramingConfig, attrs: dict[str, Any],
                     labels: np.ndarray, sources: list[str], compression: str | None) -> None:
     with atomic_path(partial) as tmp, h5py.File(tmp, "w") as f:
-        _frames_dataset(f, n, cfg.shape, compression)
+        _frames_dataset(f, n, cfg.shape, cfg.dtype, compression)
         f.create_dataset("labels", data=labels.astype(np.int64))
         f.create_dataset("sources", data=np.array(sources, dtype=object), dtype=h5py.string_dtype())
         f.create_dataset("crc", shape=(n,), dtype=np.uint32)
         f.create_dataset("done", shape=(n,), dtype=np.uint8)
+        if cfg.value_range is None:
+            f.create_dataset("peak", shape=(n,), dtype=np.float32)
         for k, v in attrs.items():
             f.attrs[k] = v
         f.attrs["complete"] = False
@@ -328,7 +417,7 @@ def _probe_writes(f: h5py.File, done: np.ndarray) -> None:
     todo = np.flatnonzero(~done)
     if len(todo):
         frames = f["frames"]
-        zeros = np.zeros(frames.chunks, dtype=np.uint8).tobytes()
+        zeros = np.zeros(frames.chunks, dtype=frames.dtype).tobytes()
         chunk = zlib.compress(zeros, GZIP_LEVEL) if frames.compression == "gzip" else zeros
         frames.id.write_direct_chunk((int(todo[0]), *(0,) * (frames.ndim - 1)), chunk)
     f.flush()
@@ -386,6 +475,7 @@ def build_cache(
     cfg: FramingConfig,
     split: str,
     source: str = "",
+    protocol: str = DEFAULT_PROTOCOL,
     siblings: dict[str, str | os.PathLike] | None = None,
     source_root: str | os.PathLike | None = None,
     key: str | None = None,
@@ -401,13 +491,16 @@ def build_cache(
     writes. A finished cache at ``path`` is validated and reused; a ``.partial`` file left by
     an interrupted build with the same ``key`` is resumed. ``on_sample(i)`` is called after
     sample ``i`` is written. Recordings that fail are logged one line each and returned in
-    ``failed``.
+    ``failed``. ``protocol`` (recorded in the file) must frame as ``cfg`` does.
     """
     start = time.perf_counter()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     items = [(Path(p), int(y)) for p, y in items]
-    key = key or cache_key({split: items}, cfg, classes)
+    if get_protocol(protocol).framing != cfg.method:
+        raise CacheError(f"{path}: protocol {protocol!r} frames by {get_protocol(protocol).framing!r}, "
+                         f"not by {cfg.method!r}")
+    key = key or cache_key({split: items}, cfg, classes, protocol)
     siblings = {k: Path(v).name for k, v in (siblings or {split: path}).items()}
     siblings.setdefault(split, path.name)
     if path.exists():
@@ -425,8 +518,8 @@ def build_cache(
             raise CacheError(f"{path}: another process is building this cache (lock {lock_path} is held)") from None
         if path.exists():  # finished by another process meanwhile
             return _reuse(path, key, start)
-        return _build_locked(path, items, classes, cfg, split, source, siblings, source_root, key, workers,
-                             commit_every, compression, on_sample, progress, start)
+        return _build_locked(path, items, classes, cfg, split, source, protocol, siblings, source_root, key,
+                             workers, commit_every, compression, on_sample, progress, start)
     finally:
         if locked:
             lock_path.unlink(missing_ok=True)
@@ -445,14 +538,14 @@ def _reuse(path: Path, key: str, start: float) -> BuildResult:
 
 
 def _build_locked(path: Path, items: list[Item], classes: Sequence[str], cfg: FramingConfig, split: str,
-                  source: str, siblings: dict[str, str], source_root: str | os.PathLike | None, key: str,
+                  source: str, protocol: str, siblings: dict[str, str], source_root: str | os.PathLike | None, key: str,
                   workers: int, commit_every: int, compression: str | None,
                   on_sample: Callable[[int], None] | None, progress: bool, start: float) -> BuildResult:
     """:func:`build_cache` with the build lock held and no finished cache at ``path``."""
     n = len(items)
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
     root = Path(source_root) if source_root is not None else None
-    attrs = _cache_attrs(classes, cfg, split, source, siblings, root, key)
+    attrs = _cache_attrs(classes, cfg, split, source, protocol, siblings, root, key)
     done = _resume_state(partial, key, n)
     if done is None:
         labels = np.array([y for _, y in items], dtype=np.int64)
@@ -474,22 +567,26 @@ def _build_locked(path: Path, items: list[Item], classes: Sequence[str], cfg: Fr
     return BuildResult(path, info.n_samples, len(jobs), n_resumed, failed, seconds)
 
 
-def _cache_attrs(classes: Sequence[str], cfg: FramingConfig, split: str, source: str,
+def _cache_attrs(classes: Sequence[str], cfg: FramingConfig, split: str, source: str, protocol: str,
                  siblings: dict[str, str], root: Path | None, key: str) -> dict[str, Any]:
-    """The file attributes a build starts with (``complete`` and ``failed`` come at the end)."""
-    return {
+    """The file attributes a build starts with (``complete`` and ``failed`` come at the end, and
+    so does the ``value_range`` of raw-count frames)."""
+    attrs: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "split": split,
         "source": source,
         "key": key,
+        "protocol": protocol,
         "classes": json.dumps(list(classes)),
         "framing": json.dumps(cfg.to_dict()),
-        "count_cap": cfg.count_cap,
-        "value_range": np.array(VALUE_RANGE, dtype=np.float64),
         "siblings": json.dumps(siblings, sort_keys=True),
         "source_root": str(root.resolve()) if root is not None else "",
     }
+    if cfg.value_range is not None:
+        attrs["count_cap"] = cfg.count_cap
+        attrs["value_range"] = np.array(cfg.value_range, dtype=np.float64)
+    return attrs
 
 
 def _frame_into(partial: Path, jobs: list[tuple[int, str, FramingConfig, str | None]], done: np.ndarray,
@@ -514,7 +611,8 @@ def _frame_into(partial: Path, jobs: list[tuple[int, str, FramingConfig, str | N
             pool.join()
 
 
-def _write_results(partial: Path, results: Iterable[tuple[int, bytes, int, str]], done: np.ndarray,
+def _write_results(partial: Path, results: Iterable[tuple[int, bytes, int, float, tuple[int, int], str]],
+                   done: np.ndarray,
                    commit_every: int, on_sample: Callable[[int], None] | None,
                    *, label: str, progress: bool) -> dict[int, str]:
     """Store the framed chunks of ``results`` (from :func:`_frame_job`) in ``partial``, committing
@@ -526,7 +624,8 @@ def _write_results(partial: Path, results: Iterable[tuple[int, bytes, int, str]]
     with h5py.File(partial, "r+") as f, make_progress() as bar:
         task = bar.add_task(label, total=n, completed=int(done.sum()), visible=progress)
         frames_ds = f["frames"]
-        pending: dict[int, int] = {}  # index -> crc of samples written since the last commit
+        peak_ds = f["peak"] if "peak" in f else None
+        pending: dict[int, tuple[int, float]] = {}  # index -> (crc, peak) of samples written since the last commit
         last_commit = time.monotonic()
 
         def commit() -> None:
@@ -534,7 +633,9 @@ def _write_results(partial: Path, results: Iterable[tuple[int, bytes, int, str]]
             # fails its CRC on resume and is framed again, so no write ordering is needed
             if pending:
                 idx = np.array(sorted(pending))
-                f["crc"][idx] = np.array([pending[i] for i in idx], dtype=np.uint32)
+                f["crc"][idx] = np.array([pending[i][0] for i in idx], dtype=np.uint32)
+                if peak_ds is not None:
+                    peak_ds[idx] = np.array([pending[i][1] for i in idx], dtype=np.float32)
                 f["done"][idx] = 1
                 f.flush()
                 fsync_path(partial)
@@ -542,13 +643,14 @@ def _write_results(partial: Path, results: Iterable[tuple[int, bytes, int, str]]
                 pending.clear()
 
         shape_tail = (0,) * (frames_ds.ndim - 1)
-        for index, chunk, crc, error in results:
+        for index, chunk, crc, peak, sensor, error in results:
             if error:
                 errors[index] = error
                 log.warning("skipped %s", error)
             else:
+                _note_sensor(f, sensor)
                 frames_ds.id.write_direct_chunk((index, *shape_tail), chunk)
-                pending[index] = crc
+                pending[index] = (crc, peak)
             bar.advance(task)
             if len(pending) >= commit_every or time.monotonic() - last_commit > 5.0:
                 commit()
@@ -557,6 +659,15 @@ def _write_results(partial: Path, results: Iterable[tuple[int, bytes, int, str]]
                 on_sample(index)
         commit()
     return errors
+
+
+def _note_sensor(f: h5py.File, sensor: tuple[int, int]) -> None:
+    """Record the recordings' sensor size ``(W, H)`` in attribute ``sensor_size``; ``(0, 0)`` once two differ."""
+    have = f.attrs.get("sensor_size")
+    if have is None:
+        f.attrs["sensor_size"] = np.array(sensor, dtype=np.int64)
+    elif tuple(int(v) for v in have) not in ((0, 0), sensor):
+        f.attrs["sensor_size"] = np.array((0, 0), dtype=np.int64)
 
 
 def _finish(partial: Path, path: Path, done: np.ndarray, compression: str | None,
@@ -573,9 +684,17 @@ def _finish(partial: Path, path: Path, done: np.ndarray, compression: str | None
         fsync_path(path.parent)
     else:
         with h5py.File(partial, "r+") as f:
+            _set_raw_value_range(f)
             f.attrs["failed"] = "[]"
             f.attrs["complete"] = True
         replace(partial, path)
+
+
+def _set_raw_value_range(f: h5py.File) -> None:
+    """Raw-count frames (a ``peak`` dataset): ``value_range`` = ``[0, largest peak]`` (``[0, 0]`` when empty)."""
+    if "peak" in f:
+        peak = f["peak"][()]
+        f.attrs["value_range"] = np.array([0.0, float(peak.max()) if len(peak) else 0.0], dtype=np.float64)
 
 
 def _compact(partial: Path, path: Path, good: np.ndarray, compression: str | None,
@@ -584,7 +703,7 @@ def _compact(partial: Path, path: Path, good: np.ndarray, compression: str | Non
     with h5py.File(partial, "r") as src, atomic_path(path) as tmp, h5py.File(tmp, "w") as dst:
         m = len(good)
         src_frames = src["frames"]
-        frames = _frames_dataset(dst, m, src_frames.shape[1:], compression)
+        frames = _frames_dataset(dst, m, src_frames.shape[1:], src_frames.dtype, compression)
         tail = (0,) * (src_frames.ndim - 1)
         for j, i in enumerate(good):
             mask, chunk = src_frames.id.read_direct_chunk((int(i), *tail))
@@ -593,7 +712,10 @@ def _compact(partial: Path, path: Path, good: np.ndarray, compression: str | Non
         dst.create_dataset("sources", data=src["sources"][()][good], dtype=h5py.string_dtype())
         dst.create_dataset("crc", data=src["crc"][()][good])
         dst.create_dataset("done", data=np.ones(m, dtype=np.uint8))
+        if "peak" in src:
+            dst.create_dataset("peak", data=src["peak"][()][good])
         for k, v in src.attrs.items():
             dst.attrs[k] = v
+        _set_raw_value_range(dst)
         dst.attrs["failed"] = json.dumps(failed)
         dst.attrs["complete"] = True

@@ -1,4 +1,5 @@
-"""CIFAR10-DVS: list its recordings with labels, and split any labelled listing 9:1 per class.
+"""CIFAR10-DVS: list its recordings with labels, and split any labelled listing 9:1 (per class, or
+as the authors' ``random_split``).
 
 Two on-disk layouts are recognised under ``root`` (at any depth):
 
@@ -207,3 +208,33 @@ def split_train_test(items: Sequence[Item], test_fraction: float = 0.1, seed: in
         for i, item in enumerate(group):
             (test if i in chosen else train).append(item)
     return {"train": train, "test": test}
+
+
+PAPER_SPLIT_SEED = 42
+"""Seed of the authors' ``torch.Generator().manual_seed(42)`` for ``random_split``."""
+
+
+def random_split_train_test(items: Sequence[Item], classes: Sequence[str], test_fraction: float = 0.1,
+                            seed: int = PAPER_SPLIT_SEED) -> dict[str, list[Item]]:
+    """Split (path, label, ...) items as the authors did: ``torch.utils.data.random_split`` with
+    the fractions ``[1 - test_fraction, test_fraction]`` and ``torch.Generator().manual_seed(seed)``
+    over SpikingJelly's listing order.
+
+    SpikingJelly's ``CIFAR10DVS`` is a torchvision ``DatasetFolder`` over its frame folder
+    (one ``.npz`` per recording, named after it): ``make_dataset`` walks the class folders in
+    sorted name order (airplane, automobile, ..., truck) and each one's files in sorted
+    (plain string, not natural) order, so ``cifar10_cat_10`` comes before ``cifar10_cat_2``.
+    Here the items are ordered by (``classes[label]``, path components), which is that order
+    for CIFAR10-DVS and, for any folder of ``<class>/<file>`` recordings, DatasetFolder's.
+    With 10000 recordings the fractions give the authors' ``[9000, 1000]``. Each split keeps
+    ``random_split``'s order (a random permutation), which is the order the authors iterated.
+    """
+    import torch
+    from torch.utils.data import random_split
+
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    ordered = sorted(items, key=lambda it: (classes[it[1]], Path(it[0]).parts))
+    train, test = random_split(range(len(ordered)), [1.0 - test_fraction, test_fraction],
+                               generator=torch.Generator().manual_seed(seed))
+    return {"train": [ordered[i] for i in train.indices], "test": [ordered[i] for i in test.indices]}

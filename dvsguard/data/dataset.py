@@ -10,6 +10,7 @@ its first ``__getitem__``; the dataset pickles without it.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,9 +24,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from dvsguard.data.cache import CacheInfo, open_cache
 from dvsguard.data.frames import frames_to_float
-from dvsguard.errors import CacheError
+from dvsguard.errors import CacheError, ConfigError
 
 CROP_PADDING = 4  # pixels of zero padding before the random crop
+AUGMENTS = ("crop-flip", "nda")
+NDA_ROLL = 5  # roll shifts are drawn from -NDA_ROLL..NDA_ROLL pixels, rows and columns independently
+NDA_DEGREES = 30.0  # rotation angles are drawn uniformly from [-NDA_DEGREES, NDA_DEGREES]
+NDA_CUTOUT = 16  # side of the cutout square, pixels
+NDA_OPS = ("roll", "rotate", "cutout")
 
 
 def augment_frames(x: torch.Tensor, generator: torch.Generator, padding: int = CROP_PADDING) -> torch.Tensor:
@@ -43,19 +49,95 @@ def augment_frames(x: torch.Tensor, generator: torch.Generator, padding: int = C
     return x.contiguous()
 
 
+def nda_roll(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``x`` ``[..., H, W]`` rolled (wrapping around) ``dy`` rows down and ``dx`` columns right."""
+    return torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+
+
+def nda_rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
+    """``x`` ``[N, C, H, W]`` (float) rotated counter-clockwise by ``degrees`` about the image centre.
+
+    torchvision's tensor ``rotate`` as ``RandomRotation`` calls it by default: nearest-neighbour
+    sampling, the output the size of the input, pixels from outside the image 0. The inverse
+    map is applied to the pixel centres (coordinates relative to the centre), normalised by
+    half the image size and sampled with ``grid_sample(align_corners=False)``, as torchvision does.
+    """
+    h, w = x.shape[-2:]
+    angle = math.radians(degrees)
+    cos, sin = math.cos(angle), math.sin(angle)
+    ys = torch.arange(h, dtype=torch.float32) - (h - 1) / 2
+    xs = torch.arange(w, dtype=torch.float32) - (w - 1) / 2
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    grid = torch.stack(((cos * gx - sin * gy) / (w / 2), (sin * gx + cos * gy) / (h / 2)), dim=-1)
+    grid = grid.to(x.dtype).expand(x.shape[0], h, w, 2)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+def nda_cutout(x: torch.Tensor, cy: int, cx: int, length: int = NDA_CUTOUT) -> torch.Tensor:
+    """``x`` ``[..., H, W]`` with rows ``cy − length//2 … cy + length//2 − 1`` and the same columns
+    around ``cx`` set to 0, clipped at the border (the authors' ``Cutout_dvs``: a centre anywhere
+    in the image, so a square near the border is cut off)."""
+    h, w = x.shape[-2:]
+    y1, y2 = min(max(cy - length // 2, 0), h), min(max(cy + length // 2, 0), h)
+    x1, x2 = min(max(cx - length // 2, 0), w), min(max(cx + length // 2, 0), w)
+    out = x.clone()
+    out[..., y1:y2, x1:x2] = 0
+    return out
+
+
+def augment_nda(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The authors' CIFAR10-DVS augmentation: a horizontal flip with p = 0.5, then one NDA op.
+
+    As ``trans_t``/``function_nda`` (M = 1, N = 2) in putshua/gradient_reg_defense
+    ``data_loaders.py`` (commit ce6d16c): the op is drawn uniformly from roll (row and column
+    shifts drawn independently from −5…5 px, wrapping), rotation (an angle uniform in
+    [−30°, 30°], :func:`nda_rotate`) and a 16×16 cutout (centre uniform over the image,
+    :func:`nda_cutout`). ``x`` is ``[T, C, H, W]``; all T frames of the sample get the same
+    flip and op. The authors drew from Python's ``random``, numpy and torch's global generator;
+    here every draw comes from ``generator``, so the draws differ but their distributions do not.
+    """
+    h, w = x.shape[-2:]
+    if bool(torch.rand((), generator=generator) < 0.5):
+        x = x.flip(-1)
+    op = NDA_OPS[int(torch.randint(0, len(NDA_OPS), (), generator=generator))]
+    if op == "roll":
+        dy, dx = (int(v) for v in torch.randint(-NDA_ROLL, NDA_ROLL + 1, (2,), generator=generator))
+        x = nda_roll(x, dy, dx)
+    elif op == "rotate":
+        degrees = float(torch.empty(()).uniform_(-NDA_DEGREES, NDA_DEGREES, generator=generator))
+        x = nda_rotate(x, degrees)
+    else:
+        cy = int(torch.randint(0, h, (), generator=generator))
+        cx = int(torch.randint(0, w, (), generator=generator))
+        x = nda_cutout(x, cy, cx)
+    return x.contiguous()
+
+
+def augmenter(kind: str) -> Any:
+    """The augmentation function ``(x [T, C, H, W], generator) → x`` called ``kind`` (:data:`AUGMENTS`)."""
+    if kind == "crop-flip":
+        return augment_frames
+    if kind == "nda":
+        return augment_nda
+    raise ConfigError(f"augmentation {kind!r} is unknown; expected one of {', '.join(AUGMENTS)}")
+
+
 class FrameDataset(Dataset):
     """Samples of the frame cache at ``path`` (validated on construction).
 
-    ``augment`` applies :func:`augment_frames` with a generator seeded from ``seed`` (in the
-    main process) or from the DataLoader worker's seed (in a worker), so runs repeat.
+    ``augment`` applies the augmentation called ``augmentation`` (``crop-flip``:
+    :func:`augment_frames`; ``nda``: :func:`augment_nda`) with a generator seeded from ``seed``
+    (in the main process) or from the DataLoader worker's seed (in a worker), so runs repeat.
     """
 
-    def __init__(self, path: str | os.PathLike, augment: bool = False, seed: int = 0) -> None:
+    def __init__(self, path: str | os.PathLike, augment: bool = False, seed: int = 0,
+                 augmentation: str = "crop-flip") -> None:
         self.path = Path(path)
+        self._augment_fn = augmenter(augmentation)
         self.info: CacheInfo = open_cache(self.path)
         self.augment = augment
+        self.augmentation = augmentation
         self.seed = seed
-        self.scale = 1.0 / self.info.count_cap
         with h5py.File(self.path, "r") as f:
             self.labels = f["labels"][()].astype(np.int64)
         self._file: h5py.File | None = None
@@ -104,7 +186,7 @@ class FrameDataset(Dataset):
         x = torch.from_numpy(frames_to_float(frames, self.info.count_cap))
         if self.augment:
             assert self._generator is not None
-            x = augment_frames(x, self._generator)
+            x = self._augment_fn(x, self._generator)
         return x, int(self.labels[index])
 
     def close(self) -> None:
@@ -130,13 +212,15 @@ def make_loader(
     num_workers: int = 0,
     sampler: Sampler | None = None,
     drop_last: bool = False,
+    augmentation: str = "crop-flip",
 ) -> DataLoader:
     """A DataLoader over the cache at ``path`` yielding (x float32 ``[T, B, 2, H, W]``, y int64 ``[B]``).
 
+    ``augment`` applies the augmentation ``augmentation`` (:data:`AUGMENTS`) to each sample.
     Shuffling and augmentation draw from generators seeded with ``seed``, so two loaders
     built alike yield the same batches.
     """
-    dataset = FrameDataset(path, augment=augment, seed=seed)
+    dataset = FrameDataset(path, augment=augment, seed=seed, augmentation=augmentation)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,

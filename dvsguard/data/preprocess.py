@@ -3,10 +3,12 @@ frame cache (``dvsguard preprocess``).
 
 A folder's labels come from a labels file (``labels.csv`` in the folder, or one given),
 else from the name of each recording's top sub-folder (``root/<class>/.../file``). The
-split is deterministic, 9:1 per class (:func:`split_train_test`), as for CIFAR10-DVS and
-N-Caltech101; DVS Gesture and N-MNIST keep their released train/test split
-(:mod:`dvsguard.data.standard`). Both caches share one key
-(framing, format version, the listing of both splits) and name each other as siblings.
+split is deterministic, 9:1: per class (:func:`split_train_test`) under the ``events``
+protocol, or the authors' seeded ``random_split`` over SpikingJelly's listing order
+(:func:`dvsguard.data.cifar10dvs.random_split_train_test`) under ``paper``, for CIFAR10-DVS,
+N-Caltech101 and folders; DVS Gesture and N-MNIST keep their released train/test split
+(:mod:`dvsguard.data.standard`) under both. Both caches share one key (framing, format
+version, protocol, the listing of both splits) and name each other as siblings.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from dvsguard.atomic import disk_full
 from dvsguard.data.cache import PARTIAL_SUFFIX, Item, build_cache, cache_key, cache_paths
 from dvsguard.data.frames import FramingConfig
 from dvsguard.errors import ConfigError, OutputError, RecordingError
+from dvsguard.protocol import DEFAULT_PROTOCOL
+from dvsguard.protocol import get as get_protocol
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,7 @@ class PreprocessResult:
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     reused: bool = False
+    protocol: str = DEFAULT_PROTOCOL
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -58,6 +63,7 @@ class PreprocessResult:
             "failed": [{"file": f, "cause": c} for f, c in self.failed],
             "seconds": round(self.seconds, 3),
             "reused": self.reused,
+            "protocol": self.protocol,
         }
 
 
@@ -247,24 +253,35 @@ def _disk_full(exc: BaseException, path: Path) -> None:
     raise OutputError(f"{path}: {reason}") from exc
 
 
+def _split(items: list[Any], classes: list[str], paper: bool, test_fraction: float, seed: int) -> dict[str, list[Any]]:
+    """The train/test split of (path, label, ...) items without an official split: the authors'
+    ``random_split`` (``paper``) or the seeded per-class split."""
+    from dvsguard.data.cifar10dvs import random_split_train_test, split_train_test
+
+    if paper:
+        return random_split_train_test(items, classes, test_fraction=test_fraction)
+    return split_train_test(items, test_fraction=test_fraction, seed=seed)
+
+
 def _standard_splits(
     source: str, root: str | os.PathLike | None, download: bool, cache_dir: Path, test_fraction: float, seed: int,
-    workers: int,
+    workers: int, paper: bool,
 ) -> tuple[Path, dict[str, list[Item]], list[str], list[tuple[str, str]]]:
-    """DVS Gesture / N-MNIST / N-Caltech101: its official split (N-Caltech101: seeded per class),
+    """DVS Gesture / N-MNIST / N-Caltech101: its official split (N-Caltech101: seeded per class, or
+    the authors' ``random_split`` when ``paper``),
     each sample written through tonic's reader to an ``.npz`` the cache reads (see :mod:`dvsguard.data.standard`).
     Returns the staging folder (the caches' source root), the splits, the classes and the samples tonic could not read."""
     from dvsguard.data import standard
-    from dvsguard.data.cifar10dvs import split_train_test
 
     listing = standard.list_standard(source, Path(root) if root is not None else standard.default_root(source),
                                      download=download)
     if listing.splits is not None:
         chosen = listing.splits
     else:
-        parts = split_train_test([(s.path, s.label, s) for s in listing.unsplit], test_fraction=test_fraction, seed=seed)
+        parts = _split([(s.path, s.label, s) for s in listing.unsplit], listing.classes, paper, test_fraction, seed)
         chosen = {k: [s for _, _, s in v] for k, v in parts.items()}
-        listing.split_rule = f"seeded per-class split, test fraction {test_fraction}, seed {seed}"
+        listing.split_rule = (f"random_split, test fraction {test_fraction}, seed 42" if paper
+                              else f"seeded per-class split, test fraction {test_fraction}, seed {seed}")
     log.info("%s: %s, %s; %s", listing.root, listing.layout, listing.split_rule,
              ", ".join(f"{len(v)} {k}" for k, v in chosen.items()))
     paths, failed = standard.stage(listing, [s for v in chosen.values() for s in v], cache_dir, workers=workers)
@@ -284,6 +301,7 @@ def preprocess(
     test_fraction: float = 0.1,
     seed: int = 0,
     progress: bool = True,
+    protocol: str = DEFAULT_PROTOCOL,
 ) -> PreprocessResult:
     """Build (or reuse) the train and test caches of ``source``.
 
@@ -291,12 +309,19 @@ def preprocess(
     with ``download``), ``"dvsgesture"``, ``"nmnist"`` or ``"ncaltech101"`` (under ``root``,
     default ``data/<name>``; their official split, see :mod:`dvsguard.data.standard`) or a
     folder of recordings. Raises ``RecordingError`` when no recording could be read.
+
+    ``protocol`` (:mod:`dvsguard.protocol`) fixes the split (``seed`` is that of the per-class
+    split; ``paper`` uses the authors' seed 42) and must agree with ``cfg.method`` (default
+    ``cfg``: the protocol's framing with default sizes).
     """
     start = time.perf_counter()
-    cfg = cfg or FramingConfig()
+    chosen = get_protocol(protocol)
+    cfg = cfg or FramingConfig(method=chosen.framing)
+    if cfg.method != chosen.framing:
+        raise ConfigError(f"protocol {chosen.name!r} frames by {chosen.framing!r}, not by {cfg.method!r}")
+    paper = chosen.split == "random-split"
     cache_dir = Path(cache_dir)
     from dvsguard.data import standard
-    from dvsguard.data.cifar10dvs import split_train_test
 
     staged_failed: list[tuple[str, str]] = []
     if source == CIFAR10DVS:  # a folder of that name is reached as ./cifar10dvs
@@ -308,7 +333,7 @@ def preprocess(
         name = CIFAR10DVS
     elif source in standard.SOURCES:  # likewise, a folder named dvsgesture is reached as ./dvsgesture
         source_root, splits, classes, staged_failed = _standard_splits(
-            source, root, download, cache_dir, test_fraction, seed, workers)
+            source, root, download, cache_dir, test_fraction, seed, workers, paper)
         name = source
         items = [item for split in splits.values() for item in split]
     else:
@@ -319,16 +344,16 @@ def preprocess(
         raise RecordingError(f"{source}: no recordings to preprocess")
 
     if source not in standard.SOURCES:
-        splits = split_train_test(items, test_fraction=test_fraction, seed=seed)
-    paths = cache_paths(cache_dir, name, splits, cfg, classes)
-    key = cache_key(splits, cfg, classes)
+        splits = _split(items, classes, paper, test_fraction, seed)
+    paths = cache_paths(cache_dir, name, splits, cfg, classes, chosen.name)
+    key = cache_key(splits, cfg, classes, chosen.name)
     siblings = {k: p.name for k, p in paths.items()}
     results = {}
     for split in ("train", "test"):
         try:
             results[split] = build_cache(
                 paths[split], splits[split], classes=classes, cfg=cfg, split=split, source=name,
-                siblings=siblings, source_root=source_root, key=key, workers=workers, progress=progress,
+                protocol=chosen.name, siblings=siblings, source_root=source_root, key=key, workers=workers, progress=progress,
             )
         except (OSError, OutputError) as exc:
             _disk_full(exc, paths[split])
@@ -346,5 +371,5 @@ def preprocess(
     return PreprocessResult(
         train=paths["train"], test=paths["test"], classes=list(classes), n_train=n_train, n_test=n_test,
         failed=failed, seconds=time.perf_counter() - start,
-        reused=results["train"].reused and results["test"].reused,
+        reused=results["train"].reused and results["test"].reused, protocol=chosen.name,
     )

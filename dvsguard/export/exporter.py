@@ -24,6 +24,7 @@ from dvsguard.export.netx import (
     write_netx,
 )
 from dvsguard.export.quantize import QuantizedNet, quantize_model
+from dvsguard.protocol import DEFAULT_PROTOCOL
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ def export_checkpoint(ckpt: str | os.PathLike[str], out_dir: str | os.PathLike[s
         "epoch": payload.get("epoch"),
         "metrics": payload.get("metrics"),
         "value_range": data.get("value_range"),
+        "protocol": data.get("protocol", DEFAULT_PROTOCOL),
     }
     result = export_model(
         model,
@@ -140,8 +142,13 @@ def export_checkpoint(ckpt: str | os.PathLike[str], out_dir: str | os.PathLike[s
 
 
 def _check_framing(ckpt: Path, framing: dict[str, Any]) -> None:
-    """Refuse a framing whose T (``n_frames``) no Loihi run takes (``load_model`` has checked the
-    framing's types and ranges already)."""
+    """Refuse a framing whose T (``n_frames``) no Loihi run takes, or whose frames are not integer
+    counts (``resize``: fractional raw counts; ``load_model`` has checked the framing's types and
+    ranges already)."""
+    method = framing.get("method", "downsample")
+    if method != "downsample":
+        raise ExportError(f"{ckpt}: framing method {method!r} feeds the model fractional raw counts; export "
+                          "takes downsample framings (integer counts / count_cap) only")
     t = framing["n_frames"]
     if t > MAX_TIME_STEPS:
         raise ExportError(f"{ckpt}: framing claims T = {t} frames per sample; export takes at most "

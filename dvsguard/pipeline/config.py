@@ -8,15 +8,17 @@ file, the key and what was expected; ε may be a number or a fraction such as ``
 (frame units, frames in [0, 1]).
 
 ```toml
-[pipeline]               # name, run_dir (relative to the file's folder's parent, or absolute), seed
+[pipeline]               # name, run_dir (relative to the file's folder's parent, or absolute), seed, protocol
 [data]                   # source = "synth" | "cifar10dvs" | "dvsgesture" | "nmnist" | "ncaltech101" | a folder; the options of synth and preprocess
 [[train]]                # name; init = an earlier run's name to start from; the options of train
-[attack]                 # models (train names), black_box (each model is the next one's source); attack's options
+[attack]                 # models (train names), black_box (each model is the next one's source), black_box_source
+                         # (one train name: the source of every model's black-box rows); attack's options
 [analyze]                # models (train names); analyze's options
 [export]                 # model (a train name); export's options
 [report]                 # enabled
 ```
-A stage's ``seed`` defaults to the pipeline's ``seed``.
+A stage's ``seed`` defaults to the pipeline's ``seed``. ``protocol`` (``events`` or ``paper``, see
+:mod:`dvsguard.protocol`) is the data stage's choice; training and attacks inherit it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 
 from dvsguard import stages
 from dvsguard.errors import ConfigError
+from dvsguard.protocol import get as get_protocol
 from dvsguard.stages.base import Option, coerce, fields
 
 REQUIRED = object()
@@ -37,10 +40,10 @@ PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 """A [[train]] name: one folder name inside the run directory (no separators, no '..')."""
 
 OWN_KEYS: dict[str, dict[str, tuple[type, Any]]] = {
-    "pipeline": {"name": (str, REQUIRED), "run_dir": (str, None), "seed": (int, 0)},
+    "pipeline": {"name": (str, REQUIRED), "run_dir": (str, None), "seed": (int, 0), "protocol": (str, "events")},
     "data": {"source": (str, REQUIRED)},
     "train": {"name": (str, REQUIRED), "init": (str, None)},
-    "attack": {"models": (list, None), "black_box": (bool, True)},
+    "attack": {"models": (list, None), "black_box": (bool, True), "black_box_source": (str, None)},
     "analyze": {"models": (list, None)},
     "export": {"model": (str, REQUIRED)},
     "report": {"enabled": (bool, True)},
@@ -77,6 +80,7 @@ class PipelineConfig:
     name: str
     run_dir: Path
     seed: int
+    protocol: str
     data: dict[str, Any]
     train: list[dict[str, Any]]
     attack: dict[str, Any] | None
@@ -161,6 +165,7 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
         if needed not in raw:
             raise ConfigError(f"{file}: missing section [{needed}]")
     head = check_section(file, "pipeline", "pipeline", raw["pipeline"])
+    get_protocol(head["protocol"], f"{file}: [pipeline] key 'protocol'")
     base = file.resolve().parent.parent if file.resolve().parent.name == "pipelines" else file.resolve().parent
     data = _resolve_data(file, check_section(file, "data", "data", raw["data"]), base)
     trains = _train_tables(file, raw)
@@ -172,6 +177,12 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     for section in ("attack", "analyze"):
         if sections[section] is not None:
             _check_names(file, section, "models", sections[section]["models"], names)  # type: ignore[index]
+    attack = sections["attack"]
+    if attack is not None and attack["black_box_source"] is not None:
+        _check_names(file, "attack", "black_box_source", [attack["black_box_source"]], names)
+        if not attack["black_box"]:
+            raise ConfigError(f"{file}: [attack] key 'black_box_source' names a black-box source but 'black_box' is "
+                              f"false: drop one of them")
     if sections["export"] is not None:
         _check_names(file, "export", "model", [sections["export"]["model"]], names)
 
@@ -179,7 +190,8 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     if not run_dir.is_absolute():
         run_dir = base / run_dir
     return PipelineConfig(
-        path=file, name=head["name"], run_dir=run_dir, seed=head["seed"], data=data, train=trains,
+        path=file, name=head["name"], run_dir=run_dir, seed=head["seed"], protocol=head["protocol"], data=data,
+        train=trains,
         attack=sections["attack"], analyze=sections["analyze"], export=sections["export"],
         report=sections["report"], raw=raw,
     )

@@ -83,9 +83,19 @@ def _data_stages(cfg: PipelineConfig) -> list[Stage]:
                          lambda r: {"out_dir": rec_dir, **_options(data, stages.synth, cfg.seed)}))
         source = str(rec_dir)
     out.append(Stage("preprocess", "data", stages.preprocess,
-                     lambda r: {"source": source, **_options(data, stages.preprocess, cfg.seed)},
+                     lambda r: {"source": source, "protocol": cfg.protocol,
+                                **_options(data, stages.preprocess, cfg.seed)},
                      inputs=lambda r: [r["synth"]["out_dir"]] if "synth" in r else []))
     return out
+
+
+def _black_box_source(attack: dict[str, Any], names: list[str], i: int) -> str | None:
+    """The source of model ``names[i]``'s black-box rows: the named source, else the next model, else none."""
+    if not attack["black_box"]:
+        return None
+    if attack["black_box_source"] is not None:
+        return attack["black_box_source"] if attack["black_box_source"] != names[i] else None
+    return names[(i + 1) % len(names)] if len(names) > 1 else None
 
 
 def _cache(r: Results) -> str:
@@ -102,7 +112,8 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
 
         def train_values(r: Results, t: dict[str, Any] = t, folder: Path = folder) -> dict[str, Any]:
             init = {"init": ckpts[t["init"]](r)} if t["init"] is not None else {}
-            return {"cache": _cache(r), "out": folder, **init, **_options(t, stages.train, cfg.seed)}
+            return {"cache": _cache(r), "out": folder, "protocol": cfg.protocol, **init,
+                    **_options(t, stages.train, cfg.seed)}
 
         def train_inputs(r: Results, t: dict[str, Any] = t) -> list[str]:
             return [_cache(r)] + ([ckpts[t["init"]](r)] if t["init"] is not None else [])
@@ -113,10 +124,10 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
 
     if cfg.attack is not None:
         a = cfg.attack
-        names = a["models"] or cfg.train_names()
+        names = a["models"] or [n for n in cfg.train_names() if n != a["black_box_source"]]
         for i, model in enumerate(names):
             folder = run / "attack" / model
-            source = names[(i + 1) % len(names)] if a["black_box"] and len(names) > 1 else None
+            source = _black_box_source(a, names, i)
 
             def attack_values(r: Results, model: str = model, folder: Path = folder, source: str | None = source) -> dict[str, Any]:
                 black = {"source": ckpts[source](r)} if source is not None else {}

@@ -4,7 +4,7 @@ A checkpoint is a dict saved with ``torch.save``::
 
     {"format": "dvsguard-checkpoint/1",
      "model": {"config": VGGConfig.to_dict(), "state_dict": {...}},
-     "data": {"framing", "classes", "value_range", "cache"},
+     "data": {"framing", "classes", "value_range", "cache", "protocol"},
      "train": {...}, "epoch": int, "metrics": {...},
      ... trainer state (optimizer, scheduler, rng) in training checkpoints}
 
@@ -26,6 +26,7 @@ from torch import nn
 
 from dvsguard.atomic import atomic_open
 from dvsguard.errors import CheckpointError, ConfigError
+from dvsguard.protocol import DEFAULT_PROTOCOL, PROTOCOLS
 from dvsguard.snn.vgg import SpikingVGG, VGGConfig
 
 log = logging.getLogger(__name__)
@@ -108,11 +109,20 @@ def load_model(path: str | os.PathLike[str], map_location: str | torch.device = 
     return model, payload
 
 
+def checkpoint_protocol(payload: dict[str, Any]) -> str:
+    """The protocol a checkpoint was trained under (``data.protocol``); ``events`` for a checkpoint
+    from before protocols were recorded."""
+    data = payload.get("data")
+    protocol = data.get("protocol") if isinstance(data, dict) else None
+    return DEFAULT_PROTOCOL if protocol is None else protocol
+
+
 def check_data_entry(data: Any, cfg: VGGConfig, where: str) -> None:
     """Raise CheckpointError unless the checkpoint's ``data`` entry (optional) agrees with the model.
 
     ``classes`` must be a list of ``num_classes`` strings; ``framing`` a dict whose ``height`` and
-    ``width`` (when given) are the model's input size and it is a valid framing; ``value_range`` two numbers, low < high.
+    ``width`` (when given) are the model's input size and it is a valid framing; ``value_range`` two numbers, low < high;
+    ``protocol`` one of :data:`dvsguard.protocol.PROTOCOLS` (absent: ``events``).
     """
     if data is None:
         return
@@ -148,6 +158,9 @@ def check_data_entry(data: Any, cfg: VGGConfig, where: str) -> None:
         if not ok:
             raise CheckpointError(f"{where}: 'data.value_range' is {value_range!r:.80}, expected [low, high] "
                                   f"with low < high")
+    protocol = data.get("protocol")
+    if protocol is not None and (not isinstance(protocol, str) or protocol not in PROTOCOLS):
+        raise CheckpointError(f"{where}: 'data.protocol' is {protocol!r:.80}, expected one of {', '.join(PROTOCOLS)}")
 
 
 def check_state_dict(model: nn.Module, state: Any, where: str) -> None:

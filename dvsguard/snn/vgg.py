@@ -11,6 +11,7 @@ Linear are used: the layer kinds the exporter maps to Loihi.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -22,6 +23,7 @@ from dvsguard.limits import MAX_PARAMETERS, MAX_WIDTH
 from dvsguard.snn.neuron import IFNeuron
 
 PAPER_CHANNELS: tuple[int | str, ...] = (64, "A", 128, 256, "A", 512, 512, 512, "A", 512, 512)
+LINEAR_INITS = ("kaiming", "torch")
 
 _PRESETS: dict[str, dict[str, Any]] = {
     # The paper's VGG-11 for 48×48 DVS frames: 6×6×512 = 18432 features → 4096 → 4096 → classes.
@@ -56,6 +58,11 @@ class VGGConfig:
         in_channels: input channels (2 polarities for DVS).
         input_size: input height = width in pixels; must be divisible by 2^(number of "A").
         num_classes: number of output classes.
+        linear_init: initialisation of the classifier's Linear layers: ``kaiming`` (kaiming-normal
+            weights, fan-in; dvsguard's) or ``torch`` (torch's own ``nn.Linear`` weight draw,
+            U(−1/√fan_in, 1/√fan_in), i.e. std 1/√(3·fan_in); the authors' VGG keeps it). Biases
+            are zero either way (the authors zero them too). Checkpoints from before this
+            field hold kaiming-initialised models.
 
     A config is refused (ConfigError) before any model is built when a layer is wider than
     :data:`dvsguard.limits.MAX_WIDTH` or the network would hold more than
@@ -67,8 +74,12 @@ class VGGConfig:
     in_channels: int = 2
     input_size: int = 48
     num_classes: int = 10
+    linear_init: str = "kaiming"
 
     def __post_init__(self) -> None:
+        if self.linear_init not in LINEAR_INITS:
+            raise ConfigError(f"VGGConfig.linear_init {self.linear_init!r} is unknown; expected one of "
+                              f"{', '.join(LINEAR_INITS)}")
         channels = tuple(c if c == "A" else _pos_int(c, "channels") for c in self.channels)
         if not any(c != "A" for c in channels):
             raise ConfigError("VGGConfig.channels needs at least one convolution")
@@ -178,7 +189,9 @@ class SpikingVGG(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Kaiming-normal weights (fan-out for conv, fan-in for linear), zero biases, BN = identity."""
+        """Kaiming-normal conv weights (fan-out), BN = identity, Linear weights by ``cfg.linear_init``
+        (kaiming-normal fan-in, or torch's ``kaiming_uniform_(a=√5)`` draw), zero biases."""
+        torch_linear = self.cfg.linear_init == "torch"
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -186,7 +199,10 @@ class SpikingVGG(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                if torch_linear:  # what nn.Linear.reset_parameters draws for the weight
+                    nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5))
+                else:
+                    nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
     def check_input(self, x: torch.Tensor) -> None:

@@ -1,4 +1,5 @@
-"""preprocess: recordings → a train and a test HDF5 frame cache (9:1 per class, or a dataset's official split)."""
+"""preprocess: recordings → a train and a test HDF5 frame cache (9:1 per class or the authors' random_split,
+or a dataset's official split)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dvsguard.data.frames import DEFAULT_COUNT_CAP, FRAME_MODES
+from dvsguard.protocol import DEFAULT_PROTOCOL, PROTOCOLS
 from dvsguard.stages.base import Result, check_output, option
 
 
@@ -21,8 +23,12 @@ class Config:
     frames: int = option(10, "Frames T per recording.", min=1)
     mode: str = option("events", "events: equal event counts per frame; time: equal time spans.", choices=FRAME_MODES)
     size: int = option(48, "Frame height and width in pixels.", min=1)
-    count_cap: int = option(DEFAULT_COUNT_CAP, "Clip event counts per pixel at N (frames = count/N in [0, 1]).",
-                            min=1, max=255)
+    count_cap: int = option(DEFAULT_COUNT_CAP, "Clip event counts per pixel at N (frames = count/N in [0, 1]; "
+                                               "events protocol only).", min=1, max=255)
+    protocol: str = option(DEFAULT_PROTOCOL, "events: tonic Downsample, counts/count_cap, 9:1 per class; paper: the "
+                                             "authors' SpikingJelly frames resized bilinearly (raw counts) and their "
+                                             "seeded random_split.", choices=PROTOCOLS,
+                           wired=True)
     workers: int = option(2, "Processes reading and framing recordings.", min=1)
     root: Path | None = option(None, "cifar10dvs, dvsgesture, nmnist, ncaltech101: folder holding (or to receive) "
                                      "the recordings (default: data, resp. data/<name>).")
@@ -42,9 +48,11 @@ class PreprocessStageResult(Result):
     failed: list[dict[str, Any]]
     seconds: float
     reused: bool
+    protocol: str
 
     def summary(self) -> str:
-        return (f"train: {self.train} ({self.n_train} samples)\ntest:  {self.test} ({self.n_test} samples)\n"
+        return (f"protocol: {self.protocol}\n"
+                f"train: {self.train} ({self.n_train} samples)\ntest:  {self.test} ({self.n_test} samples)\n"
                 f"classes: {', '.join(self.classes)}\nunreadable recordings skipped: {len(self.failed)}")
 
 
@@ -52,10 +60,12 @@ def run(config: Config) -> PreprocessStageResult:
     """Frame ``source`` into ``cache_dir`` (reusing finished caches, resuming partial ones)."""
     from dvsguard.data.frames import FramingConfig
     from dvsguard.data.preprocess import preprocess
+    from dvsguard.protocol import get
 
     check_output(config.cache_dir, "--cache-dir", folder=True)
+    method = get(config.protocol, "--protocol").framing
     framing = FramingConfig(n_frames=config.frames, mode=config.mode, height=config.size, width=config.size,
-                            count_cap=config.count_cap)
+                            count_cap=config.count_cap if method == "downsample" else None, method=method)
     done = preprocess(config.source, config.cache_dir, framing, workers=config.workers, root=config.root,
-                      download=config.download, labels_file=config.labels)
+                      download=config.download, labels_file=config.labels, protocol=config.protocol)
     return PreprocessStageResult(**done.to_json())

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dvsguard.protocol import PROTOCOLS
 from dvsguard.stages.base import SEED_MAX, Result, check_output, option
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,10 +34,11 @@ class Config:
     eps: float = option(2 / 255, "Adversarial-training and robust-check ε, frame units, e.g. 2/255.", kind="eps")
     attack: str = option("fgsm", "sr-star's adversary: fgsm or pgd.", choices=("fgsm", "pgd"))
     pgd_steps: int = option(5, "PGD steps k (pgd-at, sr-star with attack pgd).", min=1)
-    pgd_alpha: float | None = option(None, "PGD step α, frame units (default 2.5·ε/k).", kind="eps")
+    pgd_alpha: float | None = option(None, "PGD step α, frame units (default 2.5·ε/k; paper protocol: 0.01 for "
+                                           "pgd-at, 1/255 for rat).", kind="eps")
     beta: float = option(5e-4, "RAT's Parseval retraction strength.", min=0.0)
     seed: int = option(0, "Seed of initialisation, data order, augmentation and PGD starts.", min=0, max=SEED_MAX)
-    augment: bool = option(True, "Random crop and flip of training frames.")
+    augment: bool = option(True, "Augment training frames (the protocol's: crop and flip, or paper's NDA).")
     limit_train: int | None = option(None, "Train on a fixed seeded subset of N samples.", min=1)
     limit_test: int | None = option(None, "Evaluate on a fixed seeded subset of N test samples.", min=1)
     robust_limit: int = option(256, "Test samples of the per-epoch FGSM check (0: off).", min=0)
@@ -48,6 +53,8 @@ class Config:
                                wired=True)
     fixed_point: bool = option(False, "Fine-tune --init in Loihi 2 fixed point: the model trained is the integer "
                                       "network `export` writes.")
+    protocol: str | None = option(None, "events or paper (default: the cache's; must agree with it).",
+                                  choices=PROTOCOLS, wired=True)
 
     def train_config(self) -> Any:
         """The :class:`~dvsguard.train.trainer.TrainConfig` (what determines the result) of these options."""
@@ -62,7 +69,7 @@ class Config:
 
 @dataclass
 class TrainResult(Result):
-    """The run folder's files and the accuracies reached (fractions in [0, 1])."""
+    """The run folder's files, the protocol trained under and the accuracies reached (fractions in [0, 1])."""
 
     out_dir: str
     last: str
@@ -70,6 +77,7 @@ class TrainResult(Result):
     metrics: str
     config: str
     defense: str
+    protocol: str
     epochs: int
     resumed_from: int | None
     best_test_acc: float
@@ -94,11 +102,28 @@ def check(config: Config) -> None:
     check_output(config.out, "--out", folder=True)
 
 
+def budget_notes(config: Config) -> list[str]:
+    """The defense's budgets (ε of the adversary, h of SR) in events and in the other protocol's unit."""
+    from dvsguard.data.cache import open_cache
+    from dvsguard.units import budget_note
+
+    info = open_cache(config.cache)
+    budgets = []
+    if config.defense in ("fgsm-at", "pgd-at", "sr-star", "rat"):
+        budgets.append(("training ε", config.eps))
+    if config.defense in ("sr", "sr-star"):
+        budgets.append(("SR step h", config.h))
+    return [budget_note(what, value, info.protocol, info.count_cap, info.sensor_size, (info.height, info.width))
+            for what, value in budgets]
+
+
 def run(config: Config) -> TrainResult:
-    """Train (or resume) into ``config.out``."""
+    """Train (or resume) into ``config.out``; logs the budgets in events and in the other protocol's unit."""
     from dvsguard.train.trainer import train
 
     check_output(config.out, "--out", folder=True)
+    for note in budget_notes(config):
+        log.info("%s", note)
     done = train(config.train_config(), config.out, resume=config.resume, workers=config.workers,
                  device=config.device, threads=config.threads, overwrite=config.overwrite)
     return TrainResult(**done)

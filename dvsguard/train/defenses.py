@@ -11,11 +11,20 @@ is restored before the loss pass.
 Names (:data:`DEFENSES`, name → class): ``vanilla``, ``sr``, ``fgsm-at``, ``pgd-at``, ``sr-star``
 (SR with an adversary), ``rat``.
 
-Units: the defaults (ε = 2/255, h = 0.01, λ = 0.002) are the paper's DVS settings, applied here
-to frames in ``count / count_cap``. The authors' CIFAR10-DVS frames were raw event counts
-(resized, not normalised), so, taking one of their units as about one event, ‖∇ₓf_y‖₁ is about
-``count_cap``× larger here: the same λ weighs the ``sq`` term about ``count_cap²``× (``abs``:
-``count_cap``×) more, and ε and h are about ``count_cap``× larger in events.
+RAT comes in two forms (:data:`RAT_FORMS`, chosen by the protocol's ``rat``): ``fgsm``
+(dvsguard's: FGSM-AT, retraction of every row of every Conv2d and Linear weight) and ``paper``
+(putshua/SNN-RAT ``main_train.py``/``utils.py``, :func:`snn_rat_retraction`: PGD with a random
+start, retraction of all rows of every Conv2d and of every Linear layer with fewer than 200
+output rows, and of a random 30% of the rows of each larger Linear layer, drawn afresh after
+every step).
+
+Units: the defaults (ε = 2/255, h = 0.01, λ = 0.002) are the paper's DVS settings, in the frame
+units of the protocol the cache was built under. Under ``paper`` they mean what they meant to
+the authors (raw counts per sensor pixel, resized). Under ``events`` one frame unit is
+``count_cap`` events of a frame pixel, k = 2.11× the authors' unit for CIFAR10-DVS at 48×48
+(:func:`dvsguard.units.paper_units_per_events_unit`): the same ε and h are 2.11× stronger and
+the same λ weighs the ``sq`` term k² ≈ 4.45× (``abs``: k×) more; :func:`dvsguard.units.convert_budget`
+converts them.
 """
 
 from __future__ import annotations
@@ -37,6 +46,15 @@ DEFAULT_H = 0.01
 DEFAULT_BETA = 5e-4
 DEFAULT_PGD_STEPS = 5
 VALUE_RANGE = (0.0, 1.0)
+RAT_FORMS = ("fgsm", "paper")
+# putshua/SNN-RAT utils.orthogonal_retraction: Linear layers with at least this many output rows
+# are "large" and retract only a random fraction of their rows per step (int(rows · fraction))
+RAT_LARGE_ROWS = 200
+RAT_ROW_FRACTION = 0.3
+# SNN-RAT main_train.py's default PGD step (--alpha 1, in 1/255). Neither SNN-RAT nor
+# putshua/gradient_reg_defense records the α the authors' RAT baseline was trained with; this is
+# the default of the RAT code, with its PGD's random start (random_start=True, never overridden).
+RAT_PAPER_ALPHA = 1 / 255
 
 
 class Defense(Protocol):
@@ -182,24 +200,72 @@ def parseval_retraction(weight: Tensor, beta: float) -> None:
     w.mul_(1 + beta).sub_(beta * update)
 
 
+@torch.no_grad()
+def retract_rows(weight: Tensor, beta: float, rows: Tensor) -> None:
+    """In place ``W_S ← (1+β)·W_S − β·W_S·W_Sᵀ·W_S`` for the rows ``S`` (int64 indices ``[k]``) of a
+    2-D ``weight`` ``[out, in]``; the other rows are left as they are."""
+    w = weight.view(weight.shape[0], -1)
+    sub = w[rows]
+    update = sub @ (sub.t() @ sub) if sub.shape[0] >= sub.shape[1] else (sub @ sub.t()) @ sub
+    w[rows] = (1 + beta) * sub - beta * update
+
+
+def sampled_rows(n_rows: int, generator: torch.Generator) -> Tensor:
+    """The rows SNN-RAT retracts in a large Linear layer: the first ``int(n_rows · 0.3)`` of a
+    random permutation of ``0 … n_rows−1`` (int64 ``[k]``), drawn from ``generator``."""
+    return torch.randperm(n_rows, generator=generator)[: int(n_rows * RAT_ROW_FRACTION)]
+
+
+@torch.no_grad()
+def snn_rat_retraction(model: nn.Module, beta: float, generator: torch.Generator) -> None:
+    """One retraction step as putshua/SNN-RAT ``utils.orthogonal_retraction``.
+
+    Conv2d weights (viewed as ``(out, in·k·k)``) and Linear weights with fewer than
+    :data:`RAT_LARGE_ROWS` output rows are retracted whole; each larger Linear layer retracts
+    only the rows of :func:`sampled_rows` (drawn anew at every call, in module order), using the
+    Gram matrix of those rows alone.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) or (isinstance(m, nn.Linear) and m.weight.shape[0] < RAT_LARGE_ROWS):
+            parseval_retraction(m.weight, beta)
+        elif isinstance(m, nn.Linear):
+            retract_rows(m.weight, beta, sampled_rows(m.weight.shape[0], generator))
+
+
 @dataclass
 class RAT:
-    """Regularized adversarial training (Ding et al. 2022): FGSM-AT + Parseval retraction."""
+    """Regularized adversarial training (Ding et al. 2022): adversarial training + Parseval retraction.
+
+    ``form`` ``fgsm`` retracts every row of every Conv2d and Linear weight after each step;
+    ``paper`` retracts as SNN-RAT (:func:`snn_rat_retraction`) with rows drawn from
+    ``row_generator`` (the same seed on every process, so that DDP replicas stay equal).
+    The adversary is given: FGSM for ``fgsm``, PGD for ``paper`` (:func:`make_defense`).
+    """
 
     adversary: Adversary
     beta: float = DEFAULT_BETA
+    form: str = "fgsm"
+    row_generator: torch.Generator | None = None
     name: str = "rat"
     weight_decay_allowed: bool = False
     last_terms: dict[str, Tensor] = field(default_factory=dict, repr=False)
     _at: AdversarialTraining = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.form not in RAT_FORMS:
+            raise ConfigError(f"RAT form {self.form!r} is unknown; expected one of {', '.join(RAT_FORMS)}")
+        if self.form == "paper" and self.row_generator is None:
+            raise ConfigError("RAT form 'paper' draws the retracted rows: it needs a row generator")
         self._at = AdversarialTraining(self.adversary, name=self.name)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         return self._at.loss(model, x, y)
 
     def after_step(self, model: nn.Module) -> None:
+        if self.form == "paper":
+            assert self.row_generator is not None
+            snn_rat_retraction(model, self.beta, self.row_generator)
+            return
         for w in parseval_weights(model):
             parseval_retraction(w, self.beta)
 
@@ -229,6 +295,9 @@ def make_defense(
     beta: float = DEFAULT_BETA,
     value_range: tuple[float, float] = VALUE_RANGE,
     generator: torch.Generator | None = None,
+    pgd_at_alpha: float | None = None,
+    rat: str = "fgsm",
+    row_generator: torch.Generator | None = None,
 ) -> Defense:
     """Build a defense by registry name.
 
@@ -239,11 +308,17 @@ def make_defense(
         sr_form: ``"sq"`` (released code) or ``"abs"`` (Eq. 14).
         h: finite-difference step of SR.
         attack: ``"fgsm"`` or ``"pgd"`` for ``sr-star`` (default fgsm); ``pgd-at`` is always
-            PGD and ``fgsm-at``/``rat`` always FGSM.
-        pgd_steps, pgd_alpha: PGD iterations and step (default α = 2.5·ε/steps).
-        beta: RAT's Parseval retraction strength.
-        value_range: valid frame range examples are clipped to.
+            PGD, ``fgsm-at`` always FGSM, ``rat`` FGSM or PGD by ``rat``.
+        pgd_steps, pgd_alpha: PGD iterations and step (default α = 2.5·ε/steps; for ``pgd-at``
+            ``pgd_at_alpha`` when given, for ``rat`` ``paper`` :data:`RAT_PAPER_ALPHA`).
+        beta: RAT's Parseval retraction strength (SNN-RAT's default 5e-4 as well).
+        value_range: the range adversarial examples are clipped to (frame units).
         generator: the generator of PGD's random start (seeded by the trainer).
+        pgd_at_alpha: PGD-AT's step when ``pgd_alpha`` is ``None`` (the protocol's; ``None``:
+            the 2.5·ε/steps default).
+        rat: RAT's form, :data:`RAT_FORMS` (``paper``: PGD adversary with a random start,
+            SNN-RAT's sampled-row retraction).
+        row_generator: the generator of the rows ``rat`` ``paper`` retracts.
     """
     if name not in DEFENSES:
         raise ConfigError(f"defense {name!r} is unknown; expected one of {', '.join(DEFENSES)}")
@@ -253,8 +328,11 @@ def make_defense(
     if lam < 0:
         raise ConfigError(f"SR weight lambda must be >= 0, got {lam}")
 
-    def adversary(kind: str) -> Adversary:
-        spec = AdversarySpec(kind=kind, eps=eps, steps=pgd_steps, alpha=pgd_alpha, value_range=value_range)
+    if rat not in RAT_FORMS:
+        raise ConfigError(f"RAT form {rat!r} is unknown; expected one of {', '.join(RAT_FORMS)}")
+
+    def adversary(kind: str, alpha: float | None = pgd_alpha) -> Adversary:
+        spec = AdversarySpec(kind=kind, eps=eps, steps=pgd_steps, alpha=alpha, value_range=value_range)
         return Adversary(spec, generator)
 
     cls = DEFENSES[name]
@@ -264,5 +342,10 @@ def make_defense(
         adv = adversary(attack or "fgsm") if name == "sr-star" else None
         return SparsityRegularization(lam=lam, h=h, form=sr_form, adversary=adv, name=name)
     if cls is RAT:
+        if rat == "paper":
+            alpha = pgd_alpha if pgd_alpha is not None else RAT_PAPER_ALPHA
+            return RAT(adversary("pgd", alpha), beta=beta, form="paper", row_generator=row_generator)
         return RAT(adversary("fgsm"), beta=beta)
-    return AdversarialTraining(adversary("pgd" if name == "pgd-at" else "fgsm"), name=name)
+    if name == "pgd-at":
+        return AdversarialTraining(adversary("pgd", pgd_alpha if pgd_alpha is not None else pgd_at_alpha), name=name)
+    return AdversarialTraining(adversary("fgsm"), name=name)

@@ -18,21 +18,25 @@ from typing import Any
 
 from dvsguard.data.cache import CacheInfo
 from dvsguard.errors import ConfigError
-from dvsguard.snn.checkpoint import load_model, model_payload
+from dvsguard.snn.checkpoint import checkpoint_protocol, load_model, model_payload
 from dvsguard.snn.fixed_point import FixedPointSpec, attach, baked_state_dict
 from dvsguard.snn.vgg import SpikingVGG
 
 log = logging.getLogger(__name__)
 
 
-def load_init(model: SpikingVGG, path: str | Path, info: CacheInfo) -> dict[str, Any]:
+def load_init(model: SpikingVGG, path: str | Path, info: CacheInfo, protocol: str = "events") -> dict[str, Any]:
     """Load the weights of a trained checkpoint into ``model`` (built for ``info``'s cache).
 
     Returns the checkpoint's payload. ConfigError (one line naming the checkpoint) when it
-    holds another architecture than the run's preset on this cache, or was trained on
-    other classes or another framing.
+    was trained under another protocol than the run's (``protocol``), holds another
+    architecture than the run's preset on this cache, or was trained on other classes or
+    another framing.
     """
     trained, payload = load_model(path)
+    theirs = checkpoint_protocol(payload)
+    if theirs != protocol:
+        raise ConfigError(f"{path}: init checkpoint was trained under protocol {theirs!r}, this run is {protocol!r}")
     if trained.cfg != model.cfg:
         mine, theirs = model.cfg.to_dict(), trained.cfg.to_dict()
         diff = next(k for k in mine if theirs[k] != mine[k])

@@ -16,6 +16,13 @@ With ``init`` a run starts from a trained checkpoint's weights; with ``fixed_poi
 it fine-tunes that model in Loihi 2 fixed point (:mod:`dvsguard.train.finetune`), and its
 checkpoints hold on-grid weights plus the per-layer scales the exporter reuses.
 
+The protocol (:mod:`dvsguard.protocol`) is the cache's; ``protocol`` in the config must agree
+with it when given. It selects the augmentation (``crop-flip`` or ``nda``), the Linear
+initialisation, the range adversarial examples are clamped to (the cache's value range, or
+[0, 1] under ``paper`` as torchattacks did, also for the per-epoch FGSM check), PGD-AT's
+default step and RAT's form; it is recorded as ``data.protocol`` in every checkpoint and in
+``config.json``.
+
 Frames are ``[T, B, 2, H, W]`` float in the cache's value range; ε in frame units.
 """
 
@@ -42,6 +49,8 @@ from dvsguard.data.cache import CacheInfo, open_cache, split_path
 from dvsguard.data.dataset import make_loader
 from dvsguard.errors import CheckpointError, ConfigError, TrainError
 from dvsguard.progress import track
+from dvsguard.protocol import DEFAULT_PROTOCOL, Protocol, inherit
+from dvsguard.protocol import get as get_protocol
 from dvsguard.snn.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from dvsguard.snn.fixed_point import FixedPointSpec
 from dvsguard.snn.vgg import SpikingVGG, VGGConfig
@@ -85,8 +94,11 @@ class TrainConfig:
         limit_train, limit_test: use a fixed seeded subset of that many samples.
         robust_limit: test samples of the per-epoch FGSM check (0 disables it).
         amp: bf16 autocast for convolutions/linear layers (membrane state stays float32).
-        init: start from this trained checkpoint's weights (same preset and data) instead of
-            a random initialisation.
+        init: start from this trained checkpoint's weights (same preset, data and protocol)
+            instead of a random initialisation.
+        protocol: ``events`` or ``paper``; ``None`` → the cache's (the trainer records the
+            resolved name). Under ``paper`` PGD-AT's α defaults to 0.01 and RAT is SNN-RAT's
+            (PGD at α 1/255 with a random start, sampled-row retraction).
         fixed_point: fine-tune ``init`` in Loihi 2 fixed point (:mod:`dvsguard.train.finetune`):
             the model trained is the integer network the exporter writes.
     """
@@ -116,8 +128,11 @@ class TrainConfig:
     amp: bool = False
     init: str | None = None
     fixed_point: bool = False
+    protocol: str | None = None
 
     def __post_init__(self) -> None:
+        if self.protocol is not None:
+            get_protocol(self.protocol, "train protocol")
         if self.defense not in DEFENSES:
             raise ConfigError(f"defense {self.defense!r} is unknown; expected one of {', '.join(DEFENSES)}")
         positive = {"epochs": self.epochs, "batch": self.batch, "pgd_steps": self.pgd_steps}
@@ -188,20 +203,35 @@ def _epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + salt) % (2**62)
 
 
-def _build_model(cfg: TrainConfig, info: CacheInfo) -> SpikingVGG:
+def _build_model(cfg: TrainConfig, info: CacheInfo, protocol: Protocol) -> SpikingVGG:
     if info.height != info.width:
         raise ConfigError(f"{info.path}: frames are {info.height}×{info.width}; the model needs square frames")
-    vgg = VGGConfig.preset(cfg.preset, num_classes=len(info.classes), input_size=info.height, in_channels=2)
+    vgg = VGGConfig.preset(cfg.preset, num_classes=len(info.classes), input_size=info.height, in_channels=2,
+                           linear_init=protocol.linear_init)
     return SpikingVGG(vgg, autocast_bf16=cfg.amp)
 
 
-def _data_entry(info: CacheInfo) -> dict[str, Any]:
+def _cache_protocol(info: CacheInfo) -> str:
+    """The protocol a cache was built under (caches from before protocols were recorded: ``events``)."""
+    return getattr(info, "protocol", DEFAULT_PROTOCOL)
+
+
+def attack_range(protocol: Protocol, info: CacheInfo) -> tuple[float, float]:
+    """The range training's adversarial examples are clamped to: the cache's value range
+    (``clamp`` ``data``) or [0, 1] (``unit``: torchattacks', whatever the data's range)."""
+    if protocol.clamp == "unit":
+        return (0.0, 1.0)
+    return (float(info.value_range[0]), float(info.value_range[1]))
+
+
+def _data_entry(info: CacheInfo, protocol: Protocol) -> dict[str, Any]:
     return {
         "framing": dict(info.framing),
         "classes": list(info.classes),
         "value_range": [float(v) for v in info.value_range],
         "cache": str(Path(info.path).resolve()),
         "cache_key": info.key,
+        "protocol": protocol.name,
     }
 
 
@@ -284,22 +314,33 @@ class Trainer:
         self.test_info = open_cache(self.test_path)
         if self.test_info.classes != self.info.classes or self.test_info.n_frames != self.info.n_frames:
             raise ConfigError(f"{self.test_path}: test split does not match {self.info.path} (classes or frames differ)")
+        self.protocol = inherit(cfg.protocol, _cache_protocol(self.info), str(self.info.path))
+        if _cache_protocol(self.test_info) != self.protocol.name:
+            raise ConfigError(f"{self.test_path}: test split was made under protocol {_cache_protocol(self.test_info)!r}, "
+                              f"{self.info.path} under {self.protocol.name!r}")
+        cfg = self.cfg = dataclasses.replace(cfg, protocol=self.protocol.name)
+        self.value_range = attack_range(self.protocol, self.info)
         if self.ctx.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
         rng.seed_everything(cfg.seed)  # the same model initialisation on every rank
-        self.model = _build_model(cfg, self.info)
+        self.model = _build_model(cfg, self.info, self.protocol)
         self.fixed: FixedPointSpec | None = None
         if cfg.init:
-            init_payload = finetune.load_init(self.model, cfg.init, self.info)
+            init_payload = finetune.load_init(self.model, cfg.init, self.info, self.protocol.name)
             if cfg.fixed_point:
                 self.fixed = finetune.to_fixed_point(self.model, init_payload, self.info)
         self.model.to(self.ctx.device)
         rng.seed_everything(_epoch_seed(cfg.seed, -1, 1 + self.ctx.rank))
         self.generators = {"attack": torch.Generator().manual_seed(_epoch_seed(cfg.seed, -1, 101 + self.ctx.rank))}
+        sampled_rat = cfg.defense == "rat" and self.protocol.rat == "paper"
+        if sampled_rat:  # the retracted rows: the same draws on every rank keep the replicas equal
+            self.generators["rat_rows"] = torch.Generator().manual_seed(_epoch_seed(cfg.seed, -1, 301))
         self.defense = make_defense(
             cfg.defense, eps=cfg.eps, lam=cfg.lam, sr_form=cfg.sr_form, h=cfg.h, attack=cfg.attack,
             pgd_steps=cfg.pgd_steps, pgd_alpha=cfg.pgd_alpha, beta=cfg.beta,
-            value_range=tuple(self.info.value_range), generator=self.generators["attack"],
+            value_range=self.value_range, generator=self.generators["attack"],
+            pgd_at_alpha=self.protocol.pgd_at_alpha, rat=self.protocol.rat,
+            row_generator=self.generators.get("rat_rows"),
         )
         wd = cfg.resolved_weight_decay
         if wd and not self.defense.weight_decay_allowed:
@@ -321,7 +362,7 @@ class Trainer:
     def _payload(self, epoch: int, metrics: dict[str, Any], rng_states: list[dict[str, Any]] | None) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "model": model_payload(self.model),
-            "data": _data_entry(self.info),
+            "data": _data_entry(self.info, self.protocol),
             "train": {**self.cfg.to_dict(), "weight_decay": self.cfg.resolved_weight_decay},
             "epoch": epoch,
             "metrics": dict(metrics),
@@ -355,7 +396,7 @@ class Trainer:
         return states
 
     def _check_resumable(self, payload: dict[str, Any], path: Path) -> None:
-        saved = payload.get("train", {})
+        saved = {"protocol": DEFAULT_PROTOCOL, **payload.get("train", {})}  # runs from before protocols: events
         mine = {**self.cfg.to_dict(), "weight_decay": self.cfg.resolved_weight_decay}
         for key, value in mine.items():
             if key in _RESUMABLE_CHANGES:
@@ -431,7 +472,8 @@ class Trainer:
                                rank=ctx.rank, world=ctx.world, where=cfg.cache)
         sampler.set_epoch(epoch)
         loader = make_loader(cfg.cache, cfg.batch, shuffle=False, augment=cfg.augment,
-                             seed=_epoch_seed(cfg.seed, epoch, 1 + ctx.rank), num_workers=self.workers, sampler=sampler)
+                             seed=_epoch_seed(cfg.seed, epoch, 1 + ctx.rank), num_workers=self.workers, sampler=sampler,
+                             augmentation=self.protocol.augment)
         self.wrapped.train()
         stats = EpochStats()
         use_cuda_amp = cfg.amp and ctx.device.type == "cuda"
@@ -471,7 +513,8 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             write_text(self.out / CONFIG, json.dumps(
                 {"train": {**cfg.to_dict(), "weight_decay": cfg.resolved_weight_decay},
-                 "data": _data_entry(self.info), "model": self.model.cfg.to_dict(),
+                 "data": _data_entry(self.info, self.protocol), "protocol": self.protocol.to_dict(),
+                 "model": self.model.cfg.to_dict(),
                  "world": ctx.world, "device": str(ctx.device), "workers": self.workers}, indent=2) + "\n")
         dist_utils.barrier(ctx)
         if self.start_epoch >= cfg.epochs:
@@ -495,7 +538,7 @@ class Trainer:
                 **{f"train_{n}": v / max(seen, 1.0) for n, v in zip(term_names, term_sums)},
             }
             metrics.update(evaluate(self.wrapped, cfg, self.test_path, self.test_info.n_samples,
-                                    tuple(self.info.value_range), ctx, self.workers))
+                                    self.value_range, ctx, self.workers))
             metrics.update(train_seconds=round(train_seconds, 3), seconds=round(time.perf_counter() - t0, 3))
             improved = metrics["test_acc"] > self.best_acc
             if improved:
@@ -521,6 +564,7 @@ class Trainer:
             "metrics": str(self.out / METRICS),
             "config": str(self.out / CONFIG),
             "defense": cfg.defense,
+            "protocol": self.protocol.name,
             "epochs": len(self.history),
             "resumed_from": self.resumed_from,
             "best_test_acc": self.best_acc,

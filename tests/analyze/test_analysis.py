@@ -159,6 +159,7 @@ def test_lambda_sweep_and_summary(run: dict[str, Any]) -> None:
         assert p["l1"] == pytest.approx(np.mean(run["doc"]["models"][p["model"]]["per_sample"]["l1"]))
         assert p["clean"] == s["clean_acc"] and p["attacked"] == s["pgd_acc"]
     assert run["result"]["models"]["sr"]["lam"] == 0.01
+    assert run["result"]["models"]["sr"]["protocol"] == "events"  # recorded by the trainer; older payloads: events
     assert training_lambda({"defense": "pgd-at", "lam": 0.1}) is None
     assert training_lambda({"defense": "sr", "lam": None}) == pytest.approx(0.002)  # the trainer's default
 

@@ -66,6 +66,7 @@ def test_full_run_report_embeds_every_image(run_dir: Path) -> None:
     for text in ("train:vanilla", "vanilla.net", f"{agreement:.4g}"):
         assert text in page, text
     md = Path(result["markdown"]).read_text()
+    assert re.search(r"\|\s*protocol\s*\|\s*events\s*\|", md), "the data table names the protocol"
     for model in ("vanilla", "sr"):
         for row in _attack_rows(run_dir, model):
             assert row in md, row

@@ -400,10 +400,10 @@ def test_failed_compaction_keeps_the_partial_file_and_leaves_no_temporary_file(
     mixed = [*items, (empty, 0)]
     real = cache._frames_dataset
 
-    def frames_dataset(f: h5py.File, n: int, shape: tuple[int, ...], compression: str | None) -> h5py.Dataset:
+    def frames_dataset(f: h5py.File, n: int, shape: tuple[int, ...], *rest: object) -> h5py.Dataset:
         if ".partial." not in f.filename:  # the compacted copy, not the partial file
             raise OSError("disk full")
-        return real(f, n, shape, compression)
+        return real(f, n, shape, *rest)  # type: ignore[arg-type]
 
     monkeypatch.setattr(cache, "_frames_dataset", frames_dataset)
     path = tmp_path / "c.h5"

@@ -219,3 +219,18 @@ def test_find_recordings_excludes_a_file_alone_or_a_whole_folder(tmp_path: Path)
     assert names(find_recordings(src, exclude=src / "cat" / "cat1.npz")) == [n for n in every if n != "cat/cat1.npz"]
     assert names(find_recordings(src, exclude=src / "cat" / "preds.csv")) == every
     assert names(find_recordings(src, exclude=src / "cat")) == [n for n in every if n.startswith("dog/")]
+
+
+def test_cache_records_the_sensor_size_or_none_when_recordings_differ(tmp_path: Path) -> None:
+    from dvsguard.data.cache import open_cache
+
+    root = class_folders(tmp_path / "rec", per_class=4)
+    done = preprocess(str(root), tmp_path / "cache", FramingConfig(n_frames=4, height=16, width=16), workers=1)
+    assert open_cache(done.train).sensor_size == (40, 30) and open_cache(done.test).sensor_size == (40, 30)
+    # one recording from a larger sensor: the sizes differ, so no common sensor size is claimed
+    ev = np.zeros(50, dtype=EVENT_DTYPE)
+    ev["t"] = np.arange(50)
+    write_npz(root / "cat" / "big.npz", ev, (128, 128, 2))
+    done = preprocess(str(root), tmp_path / "cache2", FramingConfig(n_frames=4, height=16, width=16), workers=1)
+    sizes = {open_cache(done.train).sensor_size, open_cache(done.test).sensor_size}
+    assert None in sizes and sizes <= {None, (40, 30)}

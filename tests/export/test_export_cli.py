@@ -46,6 +46,7 @@ def test_export_writes_netx_and_manifest(tmp_path: Path, cache: Path, capsys: py
     manifest = json.loads(Path(result["manifest"]).read_text())
     assert manifest["net_sha256"] == sha256_file(net)
     assert manifest["source"]["sha256"] == sha256_file(ckpt)
+    assert manifest["source"]["protocol"] == "events"
     assert manifest["time_steps"] == 4 and manifest["lag"] == 4 and manifest["reset_interval"] == 4
     assert manifest["input"]["scale"] == 3 and manifest["framing"]["count_cap"] == 3
     assert manifest["classes"] == [str(i) for i in range(10)]

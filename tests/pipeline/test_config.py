@@ -49,13 +49,20 @@ def test_shipped_pipelines_dry_run(path: Path) -> None:
 
 
 def test_shipped_names() -> None:
-    assert {p.name for p in SHIPPED} >= {"quickstart.toml", "cifar10dvs_table2.toml", "cifar10dvs_lambda_sweep.toml"}
+    assert {p.name for p in SHIPPED} >= {"quickstart.toml", "cifar10dvs_table2.toml", "cifar10dvs_robust.toml",
+                                         "cifar10dvs_lambda_sweep.toml"}
 
 
-def test_table2_plan_has_four_defenses() -> None:
+def test_table2_plan_has_four_defenses_and_one_black_box_source() -> None:
     cfg = load_pipeline(ROOT / "pipelines" / "cifar10dvs_table2.toml")
-    assert [t["defense"] for t in cfg.train] == ["vanilla", "fgsm-at", "sr", "sr-star"]
+    assert cfg.protocol == "paper"
+    assert [t["defense"] for t in cfg.train] == ["vanilla", "fgsm-at", "sr", "sr-star", "vanilla"]
     assert cfg.attack is not None and cfg.attack["eps"] == (8 / 255,)
+    rows = {r["stage"]: r["command"] for r in plan(cfg)}
+    attacked = [s for s in rows if s.startswith("attack:")]
+    assert attacked == ["attack:vanilla", "attack:fgsm-at", "attack:sr", "attack:sr-star"]
+    assert {rows[s][rows[s].index("--source") + 1] for s in attacked} == {"<train:black-box-source.checkpoint>"}
+    assert load_pipeline(ROOT / "pipelines" / "cifar10dvs_robust.toml").protocol == "events"
 
 
 @pytest.mark.parametrize(
@@ -73,6 +80,10 @@ def test_table2_plan_has_four_defenses() -> None:
         (lambda t: t.replace('name = "a"', 'name = "/tmp/elsewhere"'), "[train.0] key 'name': '/tmp/elsewhere' is not a plain name"),
         (lambda t: t.replace('name = "a"', 'name = "../../x"'), "[train.0] key 'name': '../../x' is not a plain name"),
         (lambda t: t.replace("epochs = 1", "epochs = 1\nweight_decay = -1.0"), "[train.0] key 'weight_decay': must be >= 0"),
+        (lambda t: t.replace('name = "t"', 'name = "t"\nprotocol = "authors"'),
+         "[pipeline] key 'protocol': unknown protocol 'authors'; expected one of events, paper"),
+        (lambda t: t + "\n[attack]\nblack_box_source = 'zzz'\n", "[attack] key 'black_box_source': no [[train]] run named 'zzz'"),
+        (lambda t: t + "\n[attack]\nblack_box = false\nblack_box_source = 'a'\n", "'black_box' is false"),
     ],
 )
 def test_invalid_files_name_file_and_key(tmp_path: Path, edit, expected: str) -> None:
@@ -164,3 +175,20 @@ def test_every_setting_is_checked_before_anything_runs(tmp_path: Path, extra: st
         run_pipeline(cfg)
     assert str(path) in str(info.value) and message in str(info.value) and "\n" not in str(info.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_one_black_box_source_for_every_model(tmp_path: Path) -> None:
+    """black_box_source: a separately trained run is the source of every model's black-box rows (and not attacked)."""
+    runs = "".join(f'[[train]]\nname = "{n}"\ndefense = "vanilla"\nepochs = 1\n' for n in ("b", "src"))
+    cfg = load_pipeline(write(tmp_path, MINIMAL + runs + '[attack]\nblack_box_source = "src"\n'))
+    rows = {r["stage"]: r["command"] for r in plan(cfg)}
+    attacked = sorted(s for s in rows if s.startswith("attack:"))
+    assert attacked == ["attack:a", "attack:b"]
+    for stage in attacked:
+        cmd = rows[stage]
+        assert cmd[cmd.index("--source") + 1] == "<train:src.checkpoint>"
+    # without it, each model is the next one's source
+    cfg = load_pipeline(write(tmp_path, MINIMAL + runs + "[attack]\n"))
+    rows = {r["stage"]: r["command"] for r in plan(cfg)}
+    assert rows["attack:a"][rows["attack:a"].index("--source") + 1] == "<train:b.checkpoint>"
+    assert rows["attack:src"][rows["attack:src"].index("--source") + 1] == "<train:a.checkpoint>"

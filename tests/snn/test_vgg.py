@@ -223,3 +223,26 @@ def test_rga_matches_per_step_form_in_eval(tiny: SpikingVGG, monkeypatch: pytest
     assert ours.abs().sum() > 0
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(ours, ours[:1].expand_as(ours), rtol=1e-5, atol=1e-7)
+
+
+def test_torch_linear_init_matches_torch_default_bound() -> None:
+    # the authors' VGG keeps torch's nn.Linear weight draw, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), zero biases
+    torch.manual_seed(0)
+    model = SpikingVGG(VGGConfig.preset("vgg11-loihi", linear_init="torch"))
+    lin = [m for m in model.classifier if isinstance(m, nn.Linear)][0]
+    assert lin.in_features == 18432
+    bound = 1 / lin.in_features**0.5
+    assert float(lin.weight.detach().abs().max()) <= bound
+    assert lin.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.01)
+    assert all(torch.all(m.bias == 0) for m in model.classifier if isinstance(m, nn.Linear))
+    conv = [m for m in model.features if isinstance(m, nn.Conv2d)][-1]  # convolutions stay kaiming-normal
+    assert conv.weight.std().item() == pytest.approx((2 / (conv.out_channels * 9)) ** 0.5, rel=0.1)
+
+
+def test_linear_init_is_recorded_and_defaults_to_kaiming_for_old_configs() -> None:
+    cfg = VGGConfig.preset("tiny", linear_init="torch")
+    assert cfg.to_dict()["linear_init"] == "torch" and VGGConfig.from_dict(cfg.to_dict()) == cfg
+    old = {k: v for k, v in VGGConfig.preset("tiny").to_dict().items() if k != "linear_init"}
+    assert VGGConfig.from_dict(old).linear_init == "kaiming"
+    with pytest.raises(ConfigError, match="linear_init 'xavier' is unknown"):
+        VGGConfig.preset("tiny", linear_init="xavier")

@@ -17,6 +17,8 @@ from dvsguard.cli import main
         (["--defense", "sr-star", "--attack", "cw"], 2, "--attack: expected one of fgsm, pgd, got 'cw'"),
         (["--defense", "sr", "--preset", "huge"], 1, "unknown model preset 'huge'"),
         (["--defense", "sr", "--epochs", "0"], 2, "--epochs: must be >= 1, got 0"),
+        (["--defense", "sr", "--protocol", "cifar"], 2, "--protocol: expected one of events, paper, got 'cifar'"),
+        (["--defense", "sr", "--protocol", "paper"], 1, "was made under protocol 'events', not 'paper'"),
     ],
 )
 def test_bad_settings_are_one_line_errors(extra, code, message, digits_cache, tmp_path, capsys):
