@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from dvsguard.attack import make_attack
-from dvsguard.attack.base import ValueRange, eval_mode, parse_mode, predict
+from dvsguard.attack.base import CLAMPS, ValueRange, eval_mode, parse_mode, predict
 from dvsguard.attack.ensemble import Ensemble, gamma_grid, has_spiking_neurons, paper_modes
 from dvsguard.errors import AttackError
 from dvsguard.units import eps_label
@@ -50,6 +50,9 @@ class EvalConfig:
         seed: keys every random start (per sample) and the subset.
         attack_kwargs: extra keyword arguments per attack name (e.g. ``{"pgd10": {"alpha": 0.01}}``).
         pgd_alpha: step α of every ``pgd<k>`` in frame units (None: 2.5·ε/k).
+        clamp: ``data`` (examples stay in the data's value range) or ``unit`` (clamped to [0, 1]
+            as torchattacks does; see :mod:`dvsguard.attack.base`).
+        source_modes: gradient modes of the black-box source (None: those of the white box).
     """
 
     attacks: tuple[str, ...] = DEFAULT_ATTACKS
@@ -62,6 +65,8 @@ class EvalConfig:
     seed: int = 0
     attack_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     pgd_alpha: float | None = None
+    clamp: str = "data"
+    source_modes: tuple[Any, ...] | None = None
 
     def kwargs(self, name: str) -> dict[str, Any]:
         """Keyword arguments for the attack called ``name``."""
@@ -83,6 +88,10 @@ class EvalConfig:
             raise AttackError(f"limit must be >= 1, got {self.limit}")
         if self.modes is not None:
             object.__setattr__(self, "modes", expand_modes(self.modes))
+        if self.source_modes is not None:
+            object.__setattr__(self, "source_modes", expand_modes(self.source_modes))
+        if self.clamp not in CLAMPS:
+            raise AttackError(f"clamp must be one of {', '.join(CLAMPS)}, got {self.clamp!r}")
         for name in self.attacks:
             if name != "clean":
                 make_attack(name, 1.0)  # raises AttackError on an unknown name
@@ -139,9 +148,12 @@ def attack_batch(
                 on_job()
             continue
         for eps in cfg.eps:
-            attack = make_attack(name, eps, value_range=value_range, seed=cfg.seed, **cfg.kwargs(name))
+            attack = make_attack(name, eps, value_range=value_range, seed=cfg.seed, clamp=cfg.clamp,
+                                 **cfg.kwargs(name))
             for setting, crafter in settings:
                 modes = cfg.modes if cfg.ensemble else (None,)
+                if setting == BLACK and cfg.source_modes is not None:
+                    modes = cfg.source_modes
                 result = Ensemble(attack, modes=modes, early_exit=cfg.early_exit).run(crafter, x, y, ids, target=target)
                 tally.add((name, eps, setting), int((~result.fooled).sum()))
                 if on_job:

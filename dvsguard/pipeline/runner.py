@@ -131,7 +131,8 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
 
             def attack_values(r: Results, model: str = model, folder: Path = folder, source: str | None = source) -> dict[str, Any]:
                 black = {"source": ckpts[source](r)} if source is not None else {}
-                return {"checkpoint": ckpts[model](r), "cache": _cache(r), "out": folder, **black,
+                return {"checkpoint": ckpts[model](r), "cache": _cache(r), "out": folder, "protocol": cfg.protocol,
+                        **black,
                         **_options(a, stages.attack, cfg.seed)}
 
             def attack_inputs(r: Results, model: str = model, source: str | None = source) -> list[str]:

@@ -33,7 +33,15 @@ class Config:
     limit: int | None = option(None, "Attack a fixed seeded subset of N samples.", min=1)
     batch: int = option(64, "Samples per batch.", min=1)
     seed: int = option(0, "Seed of the random starts (per sample) and of the --limit subset.", min=0, max=SEED_MAX)
-    alpha: float | None = option(None, "PGD step α in frame units, e.g. 0.01 or 2/255 (default 2.5·ε/k).", kind="eps")
+    alpha: float | None = option(None, "PGD step α in frame units, e.g. 0.01 or 2/255 (default: the protocol's, "
+                                       "2.5·ε/k for events, 2.55/255 for paper).", kind="eps")
+    clamp: str | None = option(None, "data: examples stay in the data's range; unit: clamped to [0, 1] as "
+                                     "torchattacks does (default: the protocol's).", choices=("data", "unit"))
+    source_modes: tuple[str, ...] | None = option(None, "Gradient modes of the black-box source (default: the "
+                                                  "protocol's; paper: triangle:1, events: the white box's).",
+                                                  kind="list")
+    protocol: str | None = option(None, "events or paper (default: the checkpoint's; must agree with it).",
+                                  choices=("events", "paper"), wired=True)
     out: Path | None = option(None, "Folder for attack.json, attack.md, robust_vs_eps.png (default: the "
                                     "checkpoint's).", wired=True)
 
@@ -54,6 +62,10 @@ class AttackResult(Result):
     eps: list[float]
     value_range: list[float]
     pgd_alpha: float | str
+    protocol: str
+    clamp: str
+    source_modes: list[str] | None
+    budgets: list[str]
     world_size: int
     results: list[dict[str, Any]]
     clean_accuracy: float | None
@@ -75,12 +87,17 @@ def check(config: Config) -> None:
     check_output(config.out, "--out", folder=True)
 
 
-def _eval_config(config: Config) -> Any:
+def _eval_config(config: Config, protocol: str | None = None) -> Any:
+    """The evaluation of ``config`` under ``protocol`` (its clamp, PGD step and source modes unless given)."""
     from dvsguard.attack.evaluate import EvalConfig
+    from dvsguard.protocol import get
 
+    rules = get(protocol or config.protocol, "--protocol")
+    source_modes = config.source_modes if config.source_modes is not None else rules.black_box_modes
     return EvalConfig(attacks=tuple(a.lower() for a in config.attacks), eps=config.eps, ensemble=config.ensemble,
                       modes=config.modes, batch_size=config.batch, limit=config.limit, seed=config.seed,
-                      pgd_alpha=config.alpha)
+                      pgd_alpha=config.alpha if config.alpha is not None else rules.pgd_alpha,
+                      clamp=config.clamp or rules.clamp, source_modes=source_modes)
 
 
 def run(config: Config) -> AttackResult:
@@ -96,10 +113,14 @@ def run(config: Config) -> AttackResult:
     from dvsguard.snn.checkpoint import load_model
     from dvsguard.train import distributed
 
+    from dvsguard.protocol import inherit
+    from dvsguard.units import budget_note
+
     t0 = time.perf_counter()
-    cfg = _eval_config(config)
     check_output(config.out, "--out", folder=True)
-    target, _ = load_model(config.checkpoint)
+    target, payload = load_model(config.checkpoint)
+    protocol = inherit(config.protocol, (payload.get("data") or {}).get("protocol"), str(config.checkpoint))
+    cfg = _eval_config(config, protocol.name)
     source_model = load_model(config.source)[0] if config.source is not None else None
     test_path = Path(split_path(config.cache, config.split))
     info = open_cache(test_path)
@@ -121,6 +142,10 @@ def run(config: Config) -> AttackResult:
     if info.n_samples == 0:
         raise AttackError(f"{test_path}: holds no samples; expected at least one to attack")
     value_range = (float(info.value_range[0]), float(info.value_range[1]))
+    budgets = [budget_note("ε", e, protocol.name, info.count_cap, info.sensor_size, (info.height, info.width))
+               for e in cfg.eps]
+    for note in budgets:
+        log.info("%s", note)
 
     ctx = distributed.setup("cpu")
     try:
@@ -146,7 +171,10 @@ def run(config: Config) -> AttackResult:
         checkpoint=str(config.checkpoint), source=str(config.source) if config.source is not None else None,
         cache=str(test_path), split=config.split, n_samples=tally.total, seed=cfg.seed, ensemble=cfg.ensemble,
         members=members, attacks=list(cfg.attacks), eps=list(cfg.eps), value_range=list(value_range),
-        pgd_alpha=cfg.pgd_alpha if cfg.pgd_alpha is not None else "2.5*eps/steps", world_size=ctx.world,
+        pgd_alpha=cfg.pgd_alpha if cfg.pgd_alpha is not None else "2.5*eps/steps", protocol=protocol.name,
+        clamp=cfg.clamp, source_modes=([str(m) for m in cfg.source_modes] if cfg.source_modes is not None
+                                       and source_model is not None else None),
+        budgets=budgets, world_size=ctx.world,
         results=records, clean_accuracy=next((r["accuracy"] for r in records if r["attack"] == "clean"), None),
         seconds=round(time.perf_counter() - t0, 3), table=markdown_table(records, cfg.eps), rank=ctx.rank,
     )
@@ -175,7 +203,7 @@ def _write(result: AttackResult, config: Config, out: Path) -> None:
         f"{result.n_samples} samples of {Path(result.cache).name}; ε = {', '.join(eps_label(e) for e in result.eps)}; "
         f"{'ensemble over ' + ', '.join(members) if members else 'no ensemble'}"
         f"{'; black box source ' + Path(config.source).name if config.source is not None else ''}; "
-        f"seed {result.seed}.\n\n"
+        f"seed {result.seed}; protocol {result.protocol}, clamp {result.clamp}, PGD step {result.pgd_alpha}.\n\n"
     )
     write_text(paths["md"], header + result.table + "\n")
     doc = {k: v for k, v in {**result.to_json(), "table": result.table}.items() if k != "rank"}

@@ -64,6 +64,9 @@ def to_fixed_point(model: SpikingVGG, init_payload: dict[str, Any], info: CacheI
     Keeps the init checkpoint's grids when it was fixed-point trained already; otherwise
     folds BatchNorm and chooses each layer's scale by the exporter's rule.
     """
+    if info.count_cap is None:
+        raise ConfigError(f"{info.path}: fixed-point fine-tuning needs event-count frames (the events protocol); "
+                          f"this cache holds the paper protocol's interpolated counts, which Loihi cannot take")
     record = init_payload.get("fixed_point")
     spec = None
     if record is not None:
