@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dvsguard.attack import FGSM, PGD, REGISTRY, fgsm, make_attack, pgd
-from dvsguard.attack.apgd import checkpoints
+from dvsguard.attack.apgd import checkpoints, halve_step
 from dvsguard.attack.ensemble import Ensemble
 from dvsguard.errors import AttackError
 
@@ -141,7 +141,32 @@ def test_frames_the_model_rejects_are_attack_errors(name, batch) -> None:
 
 def test_apgd_checkpoints_follow_the_schedule() -> None:
     assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
-    assert checkpoints(10) == [3, 5, 6, 7, 8, 9]
+    assert checkpoints(10) == [2, 3, 4, 5, 6, 7, 8, 9]
+    assert checkpoints(50) == [11, 21, 30, 38, 45]
+
+
+def test_apgd_halving_rule_on_hand_made_losses() -> None:
+    # Four samples, a window of k = 4 steps (5 losses: the one before the window, then the window's).
+    window = torch.tensor([[1.0, 1.0, 1.0, 1.0],
+                           [2.0, 0.5, 2.0, 2.0],
+                           [3.0, 0.6, 1.0, 3.0],
+                           [4.0, 0.4, 2.0, 4.0],
+                           [5.0, 0.3, 3.0, 5.0]])
+    # rises per sample: 4, 1, 3, 4; condition 1 (rises <= 0.75·4 = 3) holds for samples 1 and 2 only.
+    halved_before = torch.tensor([False, False, False, True])
+    best_before = torch.tensor([5.0, 0.0, 0.0, 9.0])
+    best = torch.tensor([5.0, 1.0, 3.0, 5.0])
+    # Sample 0: loss always rose, but the best loss did not improve and η was not halved last time
+    # (condition 2). Sample 3: no improvement either, but η was halved at the previous checkpoint.
+    assert halve_step(window, 0.75, halved_before, best_before, best).tolist() == [True, True, True, False]
+    # Right after a halving, a stalled best loss alone does not halve η again.
+    assert not halve_step(window, 0.75, torch.ones(4, dtype=torch.bool), best, best)[[0, 3]].any()
+    # Exactly ρ·k rises count as too few (the reference's <=); with ρ = 0.5 the same three rises are enough.
+    three = torch.tensor([[0.0], [1.0], [2.0], [3.0], [2.0]])
+    assert halve_step(three, 0.75, torch.ones(1, dtype=torch.bool), torch.zeros(1), torch.ones(1)).item()
+    assert not halve_step(three, 0.5, torch.ones(1, dtype=torch.bool), torch.zeros(1), torch.ones(1)).item()
+    with pytest.raises(AttackError, match="k >= 1"):
+        halve_step(torch.zeros(1, 4), 0.75, halved_before, best_before, best)
 
 
 def test_apgd_restarts_only_improve(tiny, batch) -> None:
