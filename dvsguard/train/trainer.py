@@ -446,7 +446,9 @@ class Trainer:
         """Begin a new run in ``out``. An earlier run there is refused, or with ``overwrite`` moved
         to ``out/previous/`` (removed once the new run's first checkpoint exists)."""
         earlier = [name for name in RUN_FILES if (self.out / name).exists()]
-        if earlier and not self.overwrite:
+        refused = earlier and not self.overwrite
+        dist_utils.barrier(self.ctx)  # every rank has looked before rank 0 writes the new run's files
+        if refused:
             raise TrainError(f"{self.out}: holds an earlier run ({', '.join(earlier)}); pass --resume to continue it "
                              f"or --overwrite to replace it")
         if not self.ctx.is_main:
