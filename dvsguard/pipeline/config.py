@@ -10,6 +10,7 @@ file, the key and what was expected; ε may be a number or a fraction such as ``
 ```toml
 [pipeline]               # name, run_dir (relative to the file's folder's parent, or absolute), seed, protocol
 [data]                   # source = "synth" | "cifar10dvs" | "dvsgesture" | "nmnist" | "ncaltech101" | a folder; the options of synth and preprocess
+                         # (size is the frame size; sensor_size, synth's sensor side in pixels, defaults to it)
 [[train]]                # name; init = an earlier run's name to start from; the options of train
 [attack]                 # models (train names), black_box (each model is the next one's source), black_box_source
                          # (one train name: the source of every model's black-box rows); attack's options
@@ -41,7 +42,7 @@ PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 OWN_KEYS: dict[str, dict[str, tuple[type, Any]]] = {
     "pipeline": {"name": (str, REQUIRED), "run_dir": (str, None), "seed": (int, 0), "protocol": (str, "events")},
-    "data": {"source": (str, REQUIRED)},
+    "data": {"source": (str, REQUIRED), "sensor_size": (int, None)},
     "train": {"name": (str, REQUIRED), "init": (str, None)},
     "attack": {"models": (list, None), "black_box": (bool, True), "black_box_source": (str, None)},
     "analyze": {"models": (list, None)},

@@ -80,7 +80,8 @@ def _data_stages(cfg: PipelineConfig) -> list[Stage]:
     if source == "synth":
         rec_dir = cfg.run_dir / "recordings"
         out.append(Stage("synth", "data", stages.synth,
-                         lambda r: {"out_dir": rec_dir, **_options(data, stages.synth, cfg.seed)}))
+                         lambda r: {"out_dir": rec_dir, **_options(data, stages.synth, cfg.seed),
+                                    **({"size": data["sensor_size"]} if data.get("sensor_size") else {})}))
         source = str(rec_dir)
     out.append(Stage("preprocess", "data", stages.preprocess,
                      lambda r: {"source": source, "protocol": cfg.protocol,

@@ -31,16 +31,16 @@ def test_quickstart_pipeline(tmp_path: Path) -> None:
     print(f"quickstart took {seconds:.0f} s")
 
     def pgd_accuracy(name: str, setting: str) -> float:
-        """PGD accuracy at the smallest ε of the run (the training ε, 2/255)."""
+        """PGD accuracy at the smallest ε of the run: the paper's 8/255 in this data's unit, 32/3825."""
         table = json.loads((run_dir / "attack" / name / "attack.json").read_text())
         rows = [r for r in table["results"] if r["attack"].startswith("pgd") and r["setting"] == setting]
         return min(rows, key=lambda r: r["eps"])["accuracy"]
 
     vanilla, sr_star = pgd_accuracy("vanilla", "white"), pgd_accuracy("sr-star", "white")
-    print(f"white-box PGD accuracy at 2/255: vanilla {vanilla:.3f}, SR* {sr_star:.3f}")
-    print(f"black-box PGD accuracy at 2/255: vanilla {pgd_accuracy('vanilla', 'black'):.3f}, "
+    print(f"white-box PGD accuracy at 32/3825: vanilla {vanilla:.3f}, SR* {sr_star:.3f}")
+    print(f"black-box PGD accuracy at 32/3825: vanilla {pgd_accuracy('vanilla', 'black'):.3f}, "
           f"SR* {pgd_accuracy('sr-star', 'black'):.3f}")
-    assert sr_star > vanilla
+    assert sr_star >= vanilla + 0.15, (vanilla, sr_star)  # the README's claim for seeds 0, 1, 2
     report = run_dir / "report.html"
     assert report.is_file() and "<img" in report.read_text()
     # the fixed-point SR* model: the integer network predicts what PyTorch predicts on the test
@@ -50,5 +50,5 @@ def test_quickstart_pipeline(tmp_path: Path) -> None:
     compare, verify = export["compare"], export["verify"]
     print(f"export: integer network vs PyTorch agreement {compare['agreement']:.4f} on {compare['n']} samples; "
           f"Lava identical on {verify['n']}: {verify['identical']}")
-    assert compare["n"] == 80 and compare["agreement"] >= 0.99, compare
+    assert compare["n"] == 100 and compare["agreement"] >= 0.99, compare
     assert verify["n"] == 1 and verify["identical"] and verify["v_out_mismatches"] == 0, verify

@@ -1,0 +1,35 @@
+"""benchmarks/table2_digits.py end to end at its tiny setting, two seeds (slow: minutes on 2 cores)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_tiny_table2_has_every_cell_and_every_model_beats_chance(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("table2_digits", ROOT / "benchmarks" / "table2_digits.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "table2.json"
+    assert bench.main(["--tiny", "--seeds", "0,1", "--work", str(tmp_path / "work"), "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    setting = bench.Setting.tiny()
+    assert doc["seeds"] == [0, 1] and len(doc["per_seed"]) == 2
+    cells = ["clean", "white fgsm", "white pgd50", "black fgsm", "black pgd50",
+             *(f"pgd10 {bench.eps_label(e)}" for e in setting.curve_eps)]
+    for per_seed in doc["per_seed"]:
+        assert set(per_seed["cells"]) == set(setting.defenses)
+        for model, row in per_seed["cells"].items():
+            assert set(cells) <= set(row), (model, row)
+            assert all(0.0 <= v <= 100.0 for v in row.values())
+            assert row["clean"] > 10.0, f"{model} is at or below chance (10 classes): {row['clean']}"
+    table = doc["table"]
+    for name in ("Vanilla", "AT (FGSM)", "SR", "SR*", "±", "paired t test", "Took"):
+        assert name in table
