@@ -77,9 +77,12 @@ def test_every_stage_option_is_a_pipeline_key(section: str) -> None:
 
 
 def test_pipeline_sets_options_that_once_had_no_key(tmp_path: Path) -> None:
-    text = (ROOT / "pipelines" / "quickstart.toml").read_text().replace(
-        'lam = 0.00002\n\n[[train]]', 'lam = 0.00002\nweight_decay = 0.0\namp = true\nh = "1/255"\nrobust_limit = 0\n'
-                                     'pgd_alpha = "1/255"\n\n[[train]]', 1)
+    text = (ROOT / "pipelines" / "quickstart.toml").read_text()
+    sr_star = text.index('name = "sr-star"\n')
+    end = text.index("\n\n[[train]]", sr_star)
+    text = (text[:end].replace("robust_limit = 100\n", "").replace("robust_limit = 100", "")
+            + '\nweight_decay = 0.0\namp = true\nh = "1/255"\nrobust_limit = 0\npgd_alpha = "1/255"' + text[end:])
+    assert text.count("black_box = true") == 1
     text = text.replace("black_box = true", 'black_box = true\nalpha = "1/255"')
     path = tmp_path / "p.toml"
     path.write_text(text.replace('run_dir = "runs/quickstart"', f'run_dir = "{tmp_path / "run"}"'))
