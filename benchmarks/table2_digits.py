@@ -1,21 +1,24 @@
 """The paper's Table 2 (Liu et al., ICML 2024) on the embedded digits, over several seeds.
 
 For every seed this writes a pipeline file and runs it with :mod:`dvsguard.pipeline`: the
-embedded dataset (``synth``, 32×32 sensor framed at 32×32, T = 10), then vanilla, FGSM-AT, SR and
-SR* (optionally PGD-AT and RAT) trained on it, and a separately trained vanilla *source* model
-(its own seed) that crafts every model's black-box examples. Each model is attacked white box
-with the four-member ensemble (clean, FGSM, PGD50) and black box from the source, at the reported
-ε, and then (``dvsguard.stages.attack``) with ensemble PGD10 at a list of ε for the
+embedded dataset (``synth``: 1000 recordings on a 64×64 sensor, framed at 32×32 with T = 10, the
+quickstart's data), vanilla trained from scratch, FGSM-AT, SR and SR* (optionally PGD-AT and RAT)
+each fine-tuned from that vanilla model with the same schedule, and a separately trained vanilla
+*source* model (its own seed) that crafts every model's black-box examples. Each model is attacked
+white box with the four-member ensemble (clean, FGSM, PGD50) and black box from the source, at the
+reported ε, and then (``dvsguard.stages.attack``) with ensemble PGD10 at a list of ε for the
 robust-accuracy-vs-ε curve.
 
-The reported ε is the paper's 8/255 on CIFAR10-DVS translated into this data's frame units:
-there 8/255 is 0.031 events per sensor pixel and frame bin; here a frame pixel is one sensor
-pixel and frames are count/15, so ε = 0.031 / 15 = 0.00209 (see :mod:`dvsguard.units`). The
-training ε (2/255 in the paper) and the SR weight translate the same way.
+The reported ε is the paper's 8/255 on CIFAR10-DVS translated into this data's frame units: there
+8/255 is 0.031 events per sensor pixel and frame bin; here a frame pixel sums 2×2 sensor pixels and
+frames are count/15, so one frame unit is k = 15/4 = 3.75 events per sensor pixel and
+ε = (8/255)/3.75 = 32/3825 ≈ 0.0084 (:func:`dvsguard.units.convert_budget`). The SR weight
+converts by k² (the squared SR term): λ = 0.002/3.75² ≈ 1.4e-4. Every defense trains at the
+reported ε (six fine-tuning epochs, where the paper trains 200 epochs at a quarter of it).
 
-Every cell is mean ± sd over the seeds; SR* is compared per seed with FGSM-AT and with vanilla
+Every cell is mean ± sd over the seeds; SR* is compared per seed with FGSM-AT, SR and vanilla
 (paired t test and two-sided sign test over seeds on the per-seed differences). ``--quickstart``
-also runs ``pipelines/quickstart.toml`` for seeds 0, 1, 2; ``--lambda-sweep`` trains SR at
+also runs ``pipelines/quickstart.toml`` for seeds 0, 1, 2; ``--lambda-sweep`` fine-tunes SR at
 several λ and measures clean and PGD accuracy and the mean ‖∇ₓf_y‖₁, ‖∇ₓf_y‖₂ (the analyze
 stage; the paper's Fig. 3).
 
@@ -44,58 +47,63 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dvsguard.units import eps_label, events_per_sensor_pixel, paper_units_per_events_unit  # noqa: E402
+from dvsguard.units import convert_budget, eps_label, events_per_sensor_pixel, paper_units_per_events_unit  # noqa: E402
 
 COUNT_CAP = 15
 PAPER_EPS = 8 / 255
 """The paper's attack budget on CIFAR10-DVS: 8/255 events per sensor pixel and frame bin."""
-PAPER_TRAIN_EPS = 2 / 255
 PAPER_LAMBDA = 0.002
+"""The paper's SR weight on CIFAR10-DVS (squared form, raw counts)."""
 
 
 @dataclass(frozen=True)
 class Setting:
-    """What is trained and attacked (the quickstart's data and schedule by default).
+    """What is trained and attacked: the quickstart's data and schedule by default.
 
     Attributes:
-        per_class, size, frames, noise: the embedded dataset (recordings per class, sensor and
-            frame side in pixels, frames T, background events per pixel per second).
-        preset, epochs, lr, batch: model preset and Adam schedule of every model.
+        per_class, sensor, size, frames, noise: the embedded dataset (recordings per class, synth's
+            sensor side and the frame side in pixels, frames T, background events per pixel per second).
+        preset, batch: model preset and batch size of every model.
+        epochs, lr: vanilla's Adam schedule from scratch (the black-box source's too).
+        finetune_epochs, finetune_lr: every other defense fine-tunes the seed's vanilla weights with Adam.
         lam: SR weight λ (frames count/15).
         train_eps: adversarial-training ε, frame units.
         eps: the reported attack ε, frame units.
         curve_eps: ε of the robust-accuracy-vs-ε curve (ensemble PGD10), frame units.
         limit: test samples attacked (a seeded subset; None: all).
         defenses: the models of the table (train names are the defense names).
-        sweep_lams: λ of the Fig. 3 sweep (SR without adversary).
+        sweep_lams: λ of the Fig. 3 sweep (SR fine-tuned without adversary; 0 is vanilla itself).
     """
 
-    per_class: int = 200
+    per_class: int = 100
+    sensor: int = 64
     size: int = 32
     frames: int = 10
     noise: float = 0.5
     preset: str = "small"
-    epochs: int = 10
-    lr: float = 0.002
     batch: int = 32
-    lam: float = 2e-5
-    train_eps: float = 0.000523
-    eps: float = 0.0020915
-    curve_eps: tuple[float, ...] = (0.000523, 0.001046, 0.0020915, 0.004183, 0.008366)
-    limit: int | None = 200
+    epochs: int = 15
+    lr: float = 0.003
+    finetune_epochs: int = 6
+    finetune_lr: float = 0.001
+    lam: float = 1.4e-4
+    train_eps: float = 32 / 3825
+    eps: float = 32 / 3825
+    curve_eps: tuple[float, ...] = (16 / 3825, 32 / 3825, 64 / 3825, 8 / 255)
+    limit: int | None = None
     defenses: tuple[str, ...] = ("vanilla", "fgsm-at", "sr", "sr-star")
-    sweep_lams: tuple[float, ...] = (0.0, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4)
+    sweep_lams: tuple[float, ...] = (0.0, 3.5e-5, 1.4e-4, 5.6e-4, 2.24e-3)
 
     @classmethod
     def tiny(cls) -> "Setting":
-        """Minutes per seed: 16×16, 4 frames, tiny preset, 8 epochs (for the slow test; 12 recordings per
-        class and 3 epochs left every model at chance)."""
-        return cls(per_class=40, size=16, frames=4, preset="tiny", epochs=8, lr=0.005, batch=16, limit=40,
-                   curve_eps=(0.0020915, 0.008366), sweep_lams=(0.0, 1e-3))
+        """Minutes per seed: a 32×32 sensor framed at 16×16, 4 frames, the tiny preset (the slow test)."""
+        return cls(per_class=40, sensor=32, size=16, frames=4, preset="tiny", batch=16, epochs=8, lr=0.005,
+                   finetune_epochs=2, finetune_lr=0.002, limit=40, curve_eps=(32 / 3825, 8 / 255),
+                   sweep_lams=(0.0, 1e-3))
 
     def k(self) -> float:
         """One frame unit in the paper's units (events per sensor pixel) for this framing."""
-        return paper_units_per_events_unit(COUNT_CAP, (self.size, self.size), (self.size, self.size))
+        return paper_units_per_events_unit(COUNT_CAP, (self.sensor, self.sensor), (self.size, self.size))
 
 
 def _toml(value: Any) -> str:
@@ -112,22 +120,38 @@ def _table(header: str, values: dict[str, Any]) -> str:
     return f"\n{header}\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in values.items() if v is not None)
 
 
+def _data_table(s: Setting, cache_dir: Path) -> str:
+    return _table("[data]", {"source": "synth", "per_class": s.per_class, "noise": s.noise, "frames": s.frames,
+                             "sensor_size": s.sensor, "size": s.size, "cache_dir": str(cache_dir)})
+
+
+def _train_tables(s: Setting, models: dict[str, dict[str, Any]]) -> str:
+    """One ``[[train]]`` per model: vanilla from scratch, anything with ``init`` fine-tuned from it."""
+    text = ""
+    for name, extra in models.items():
+        schedule = ({"epochs": s.finetune_epochs, "lr": s.finetune_lr} if "init" in extra
+                    else {"epochs": s.epochs, "lr": s.lr})
+        text += _table("[[train]]", {"name": name, **extra, "preset": s.preset, **schedule, "optimizer": "adam",
+                                     "batch": s.batch, "augment": False, "robust_limit": 0})
+    return text
+
+
 def pipeline_text(s: Setting, seed: int, run_dir: Path, cache_dir: Path) -> str:
     """The pipeline file of one seed: data, every defense, the black-box source, the attacks."""
-    common = {"preset": s.preset, "epochs": s.epochs, "optimizer": "adam", "lr": s.lr, "batch": s.batch,
-              "augment": False, "robust_limit": 0}
-    text = _table("[pipeline]", {"name": f"table2-seed{seed}", "run_dir": str(run_dir), "seed": seed})
-    text += _table("[data]", {"source": "synth", "per_class": s.per_class, "noise": s.noise, "frames": s.frames,
-                              "size": s.size, "cache_dir": str(cache_dir)})
+    models: dict[str, dict[str, Any]] = {}
     for defense in s.defenses:
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"defense": defense}
+        if defense != "vanilla":
+            extra["init"] = "vanilla"
         if defense in ("sr", "sr-star"):
             extra["lam"] = s.lam
-        if defense != "vanilla" and defense != "sr":
+        if defense not in ("vanilla", "sr"):
             extra["eps"] = s.train_eps
-        text += _table("[[train]]", {"name": defense, "defense": defense, **common, **extra})
+        models[defense] = extra
     # the black-box source: vanilla, trained separately (another seed of initialisation and data order)
-    text += _table("[[train]]", {"name": "source", "defense": "vanilla", **common, "seed": seed + 1000})
+    models["source"] = {"defense": "vanilla", "seed": seed + 1000}
+    text = _table("[pipeline]", {"name": f"table2-seed{seed}", "run_dir": str(run_dir), "seed": seed})
+    text += _data_table(s, cache_dir) + _train_tables(s, models)
     text += _table("[attack]", {"models": list(s.defenses), "attacks": ["clean", "fgsm", "pgd50"], "eps": [s.eps],
                                 "limit": s.limit, "black_box": True, "black_box_source": "source"})
     return text
@@ -191,11 +215,13 @@ def report(s: Setting, seeds: list[int], per_seed: list[dict[str, Any]], seconds
     e = eps_label(s.eps)
     cols = ["clean", "white fgsm", "white pgd50", "black fgsm", "black pgd50"]
     heads = ["Clean", f"WB FGSM {e}", f"WB PGD50 {e}", f"BB FGSM {e}", f"BB PGD50 {e}"]
-    sensor_events = events_per_sensor_pixel(s.eps, "events", COUNT_CAP, (s.size, s.size), (s.size, s.size))
+    sensor_events = events_per_sensor_pixel(s.eps, "events", COUNT_CAP, (s.sensor, s.sensor), (s.size, s.size))
     lines = [
         f"Seeds {', '.join(map(str, seeds))}; ε = {e} frame units = {s.eps * COUNT_CAP:.4f} events per frame pixel "
-        f"= {sensor_events:.4f} events per sensor pixel and frame bin (the paper's {eps_label(PAPER_EPS)} on "
-        f"CIFAR10-DVS; k = {s.k():g}); training ε = {eps_label(s.train_eps)}, λ = {s.lam:g}; "
+        f"= {sensor_events:.4f} events per sensor pixel and frame bin; the paper's {eps_label(PAPER_EPS)} on "
+        f"CIFAR10-DVS is {convert_budget(PAPER_EPS, 'eps', s.k(), to='events'):.4g} here and its λ = {PAPER_LAMBDA:g} "
+        f"is {convert_budget(PAPER_LAMBDA, 'lam', s.k(), to='events'):.3g} (k = {s.k():g}); "
+        f"training ε = {eps_label(s.train_eps)}, λ = {s.lam:g}; "
         f"{s.limit or 'all'} test samples per seed; black box from a separately trained vanilla source.",
         "", "Accuracy in %, mean ± sd over seeds:", "",
         "| Defense | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads),
@@ -265,17 +291,12 @@ def lambda_sweep(s: Setting, seed: int, work: Path) -> str:
 
     run_dir = work / f"sweep-seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    common = {"preset": s.preset, "epochs": s.epochs, "optimizer": "adam", "lr": s.lr, "batch": s.batch,
-              "augment": False, "robust_limit": 0}
+    models = {("vanilla" if lam == 0 else f"sr-{lam:g}"): ({"defense": "vanilla"} if lam == 0 else
+                                                            {"defense": "sr", "init": "vanilla", "lam": lam})
+              for lam in s.sweep_lams}
+    names = list(models)
     text = _table("[pipeline]", {"name": f"sweep-seed{seed}", "run_dir": str(run_dir / "run"), "seed": seed})
-    text += _table("[data]", {"source": "synth", "per_class": s.per_class, "noise": s.noise, "frames": s.frames,
-                              "size": s.size, "cache_dir": str(work / "cache")})
-    names = []
-    for lam in s.sweep_lams:
-        name = "vanilla" if lam == 0 else f"sr-{lam:g}"
-        names.append(name)
-        extra = {"defense": "vanilla"} if lam == 0 else {"defense": "sr", "lam": lam}
-        text += _table("[[train]]", {"name": name, **extra, **common})
+    text += _data_table(s, work / "cache") + _train_tables(s, models)
     text += _table("[analyze]", {"models": names, "limit": s.limit or 0, "pgd_eps": s.eps, "pgd_steps": 10,
                                  "theory_eps": s.eps, "eps": [0.0, s.eps, 4 * s.eps]})
     path = run_dir / "sweep.toml"
