@@ -332,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lambda-sweep-only", action="store_true", help="Only the λ sweep.")
     parser.add_argument("--json", type=Path, help="Also write every per-seed figure to this JSON file.")
     args = parser.parse_args(argv)
+    args.work = args.work.resolve()  # a pipeline's relative paths are relative to its own file
     logging.basicConfig(level=logging.WARNING)
     s = Setting.tiny() if args.tiny else Setting()
     if args.defenses:
