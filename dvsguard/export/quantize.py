@@ -124,7 +124,8 @@ class QLayer:
 
     Attributes:
         name, kind, sources: as in :class:`FloatLayer`.
-        weight: int64, conv ``[out, in, kH, kW]`` (PyTorch order) or dense ``[out, in]``.
+        weight: int16 (8-bit mantissa × 2), conv ``[out, in, kH, kW]`` (PyTorch order) or dense
+            ``[out, in]``.
         bias: int64 ``[out]`` (bias_mant; the neuron adds bias·2⁶ every step).
         vth: vThMant (a spike when v > vth·2⁶).
         spiking: False for the read-out accumulator.
@@ -202,19 +203,28 @@ def pool_conv_kernel(weight: np.ndarray, k: int, padding: tuple[int, int]) -> tu
     return big, (k, k), (k * padding[0], k * padding[1])
 
 
-def pool_dense_weight(weight: np.ndarray, k: int, pre_pool_shape: tuple[int, int, int]) -> np.ndarray:
-    """avgpool(k) + flatten + linear(weight ``[out, C·(H//k)·(W//k)]``) as one linear layer.
+def spread_over_pool(weight: np.ndarray, k: int, pre_pool_shape: tuple[int, int, int]) -> np.ndarray:
+    """Each weight of a linear layer after avgpool(k) + flatten, copied over its k×k window.
 
-    Returns ``[out, C·H·W]`` (C, H, W flattening order): each weight over its k×k window,
-    divided by k²; positions dropped by the pooling's floor get 0.
+    weight: ``[out, C·(H//k)·(W//k)]``; returns ``[out, C·H·W]`` (C, H, W flattening order) of the
+    same dtype, 0 at the positions the pooling's floor drops. Not divided by k².
     """
     c, h, w = pre_pool_shape
     hp, wp = h // k, w // k
     out = weight.shape[0]
     wt = weight.reshape(out, c, hp, wp)
-    big = np.zeros((out, c, h, w), dtype=np.float64)
-    big[:, :, : hp * k, : wp * k] = np.repeat(np.repeat(wt, k, axis=2), k, axis=3) / (k * k)
+    big = np.zeros((out, c, h, w), dtype=weight.dtype)
+    big[:, :, : hp * k, : wp * k] = np.repeat(np.repeat(wt, k, axis=2), k, axis=3)
     return big.reshape(out, c * h * w)
+
+
+def pool_dense_weight(weight: np.ndarray, k: int, pre_pool_shape: tuple[int, int, int]) -> np.ndarray:
+    """avgpool(k) + flatten + linear(weight ``[out, C·(H//k)·(W//k)]``) as one linear layer.
+
+    Returns ``[out, C·H·W]`` float64 (C, H, W flattening order): each weight over its k×k window,
+    divided by k²; positions dropped by the pooling's floor get 0.
+    """
+    return spread_over_pool(np.asarray(weight, dtype=np.float64), k, pre_pool_shape) / (k * k)
 
 
 # --------------------------------------------------------------------------- model walk
@@ -429,8 +439,12 @@ def extract_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> list[
 # --------------------------------------------------------------------------- integer scaling
 
 
-def _even_round(x: np.ndarray) -> np.ndarray:
-    return 2 * np.round(x / 2.0)
+def _even_round_inplace(x: np.ndarray) -> np.ndarray:
+    """x ← 2·round(x/2), in place (a dense layer's weights can be hundreds of MB)."""
+    np.divide(x, 2.0, out=x)
+    np.round(x, out=x)
+    np.multiply(x, 2.0, out=x)
+    return x
 
 
 GRID_TOLERANCE = 1e-3  # integer units: a recorded grid's weights may be off by float rounding only
@@ -477,13 +491,13 @@ def quantize_layer(
         s, theta_int = _recorded_scale(layer, scale, weight, bias)
         notes = []
     vth = VTH_MAX if theta_int is None else vth_mant(theta_int, layer.pool)
-    w_int = _even_round(s * weight)
+    w_int = _even_round_inplace(np.multiply(weight, s))
     b_int = np.round(s * bias) * p2
     clipped = {
-        "weight": int(((w_int < WEIGHT_MIN) | (w_int > WEIGHT_MAX)).sum()),
+        "weight": int(np.count_nonzero(w_int < WEIGHT_MIN) + np.count_nonzero(w_int > WEIGHT_MAX)),
         "bias": int(((b_int < BIAS_MIN) | (b_int > BIAS_MAX)).sum()),
     }
-    w_int = np.clip(w_int, WEIGHT_MIN, WEIGHT_MAX).astype(np.int64)
+    w_int = np.clip(w_int, WEIGHT_MIN, WEIGHT_MAX, out=w_int).astype(np.int16)
     b_int = np.clip(b_int, BIAS_MIN, BIAS_MAX).astype(np.int64)
     for what, n in clipped.items():
         if n:
@@ -499,7 +513,7 @@ def quantize_layer(
         padding = (layer.pool * layer.padding[0], layer.pool * layer.padding[1])
         in_shape = layer.pre_pool_shape
     elif layer.kind == "dense" and layer.pool > 1:
-        w_int = np.rint(pool_dense_weight(w_int.astype(np.float64), layer.pool, layer.pre_pool_shape) * p2).astype(np.int64)
+        w_int = spread_over_pool(w_int, layer.pool, layer.pre_pool_shape)  # k²·(w/k²): the integer form
         in_shape = (int(np.prod(layer.pre_pool_shape)),)
     else:
         in_shape = layer.in_shape if layer.kind == "conv" or not layer.flatten else (int(np.prod(layer.in_shape)),)
