@@ -14,6 +14,8 @@ $(BIN)/dvsguard: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	# torchattacks (the authors' attack library, tests only); its torchvision requirement is unused
 	$(BIN)/pip install --quiet --no-deps torchattacks==3.2.7
+	# Norse runs exported NIR graphs (export --format nir --compare, tests); its torchvision requirement is unused
+	$(BIN)/pip install --quiet --no-deps norse==1.1.0 nirtorch==2.6
 	touch $@
 
 install: $(BIN)/dvsguard
