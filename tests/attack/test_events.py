@@ -107,13 +107,19 @@ def time_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def time_checkpoint(tmp_path_factory) -> Path:
+def time_checkpoint(tmp_path_factory, time_cache: Path) -> Path:
+    """An untrained tiny SpikingVGG for ``time_cache``, with the cache's framing recorded (exportable)."""
+    from dvsguard.data.cache import open_cache
     from dvsguard.snn.checkpoint import model_payload, save_checkpoint
     from dvsguard.snn.vgg import SpikingVGG, VGGConfig
 
+    info = open_cache(time_cache)
     torch.manual_seed(4)
     model = SpikingVGG(VGGConfig.preset("tiny", num_classes=10))
-    return save_checkpoint(tmp_path_factory.mktemp("time-ckpt") / "model.pt", {"model": model_payload(model)})
+    data = {"framing": info.framing, "classes": info.classes, "protocol": info.protocol,
+            "value_range": list(info.value_range)}
+    return save_checkpoint(tmp_path_factory.mktemp("time-ckpt") / "model.pt",
+                           {"model": model_payload(model), "data": data})
 
 
 def _frames_by_source(folder: Path, cache_dir: Path) -> dict[str, np.ndarray]:
@@ -219,6 +225,33 @@ def test_cli_event_attack_writes_recordings_that_score_its_robust_accuracy(time_
         with torch.no_grad():
             correct += int(model(x).argmax(1).item() == int(clean.labels[i]))
     assert correct == rows[("greedy", 12)]["correct"]
+
+
+def test_success_on_the_integer_network_is_what_intsim_predicts_on_the_written_recordings(
+        time_cache: Path, time_checkpoint: Path, tmp_path: Path) -> None:
+    """With ``--netx`` the robust accuracy is the integer network's: simulating the recordings written
+    back (framed by ``preprocess``) gives exactly the reported correct count."""
+    from dvsguard.data.dataset import FrameDataset
+    from dvsguard.export.exporter import export_checkpoint
+    from dvsguard.export.intsim import load_netx, simulate
+    from dvsguard.stages import attack
+    from dvsguard.stages.base import build
+
+    exported, _, _ = export_checkpoint(time_checkpoint, tmp_path / "export")
+    config = build(attack.Config, {"checkpoint": str(time_checkpoint), "cache": str(time_cache), "threat": "events",
+                                   "budget": "20", "event_attacks": "clean,greedy", "modes": "rga",
+                                   "netx": str(exported.net_path), "write_recordings": str(tmp_path / "adv"),
+                                   "out": str(tmp_path / "out")})
+    result = attack.run(config)
+    rows = {r["attack"]: r for r in result.results}
+    assert result.judge.startswith("integer network") and 0 <= rows["greedy"]["float_disagreement"] <= 1
+    framed = _frames_by_source(tmp_path / "adv" / "greedy-20", tmp_path / "cache")
+    names = sorted(framed)
+    clean = FrameDataset(time_cache)
+    labels = np.array([clean.labels[int(n.split("-")[0])] for n in names])
+    v_out = simulate(load_netx(exported.net_path), np.stack([framed[n] for n in names])).v_out
+    assert int((v_out.argmax(1) == labels).sum()) == rows["greedy"]["correct"]
+    assert rows["greedy"]["events_inserted"] + rows["greedy"]["events_deleted"] > 0
 
 
 @pytest.mark.slow
