@@ -1,4 +1,4 @@
-"""attack: robust accuracy under FGSM/PGD/APGD, white box and black box, as a table."""
+"""attack: robust accuracy under FGSM/PGD/APGD, white box and black box, or against event budgets, as a table."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dvsguard.stages.base import SEED_MAX, Result, check_output, option
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dvsguard.stages.event_attack import EventAttackResult
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,21 @@ class Config:
                                   choices=("events", "paper"), wired=True)
     out: Path | None = option(None, "Folder for attack.json, attack.md, robust_vs_eps.png (default: the "
                                     "checkpoint's).", wired=True)
+    threat: str = option("frames", "frames: perturb float frames by ε (the paper's); events: insert/delete whole "
+                                   "events in the integer counts (attack_events.json).", choices=("frames", "events"))
+    event_attacks: tuple[str, ...] = option(("clean", "greedy", "random"), "Events threat: comma list of clean, "
+                                            "greedy (gradient top-k), random (same budget).", kind="list")
+    budget: tuple[int, ...] = option((16,), "Events threat: events inserted plus deleted per sample (L1 of the "
+                                     "count change); a comma list draws a curve.", kind="list", min=0)
+    per_bin_cap: int | None = option(None, "Events threat: at most N events changed per frame bin (pixel, "
+                                           "polarity, time bin).", min=1)
+    insert_only: bool = option(False, "Events threat: only insert events (no deletions).")
+    step_events: int = option(8, "Events threat: events changed per greedy step (top-k bins).", min=1)
+    netx: Path | None = option(None, "Events threat: judge success on this exported integer network (.net) "
+                                     "instead of the float model.")
+    write_recordings: Path | None = option(None, "Events threat: write each adversarial sample as an .npz "
+                                                 "recording under DIR/<attack>-<budget>/<class>/ (time-binned "
+                                                 "frames only).")
 
 
 @dataclass
@@ -84,6 +102,12 @@ class AttackResult(Result):
 def check(config: Config) -> None:
     """Refuse unknown attack names and gradient modes (and an --out that is a file) before anything runs."""
     _eval_config(config)
+    if config.threat == "events":
+        from dvsguard.attack.events import EventBudget, make_event_attack
+
+        for name in config.event_attacks:
+            if name.strip().lower() != "clean":
+                make_event_attack(name, EventBudget(0, 1))
     check_output(config.out, "--out", folder=True)
 
 
@@ -100,47 +124,29 @@ def _eval_config(config: Config, protocol: str | None = None) -> Any:
                       clamp=config.clamp or rules.clamp, source_modes=source_modes)
 
 
-def run(config: Config) -> AttackResult:
+def run(config: Config) -> AttackResult | EventAttackResult:
     """Evaluate ``checkpoint`` on the ``split`` sibling of ``cache``; rank 0 writes attack.json/.md (and the PNG).
 
     Under ``torchrun`` each rank takes every ``world``-th sample and the counts are summed.
+    ``--threat events`` runs :func:`dvsguard.stages.event_attack.run` instead (one process).
     """
     from dvsguard.attack.ensemble import has_spiking_neurons, paper_modes
     from dvsguard.attack.evaluate import cache_batches, evaluate, gather, markdown_table, result_keys, rows, select_indices
-    from dvsguard.data.cache import open_cache, split_path
-    from dvsguard.errors import AttackError
     from dvsguard.progress import make_progress
     from dvsguard.snn.checkpoint import load_model
     from dvsguard.train import distributed
-
-    from dvsguard.protocol import inherit
     from dvsguard.units import budget_note
 
     t0 = time.perf_counter()
     check_output(config.out, "--out", folder=True)
+    if config.threat == "events":
+        from dvsguard.stages import event_attack
+
+        return event_attack.run(config)
     target, payload = load_model(config.checkpoint)
-    protocol = inherit(config.protocol, (payload.get("data") or {}).get("protocol"), str(config.checkpoint))
-    cfg = _eval_config(config, protocol.name)
     source_model = load_model(config.source)[0] if config.source is not None else None
-    test_path = Path(split_path(config.cache, config.split))
-    info = open_cache(test_path)
-    if info.n_samples == 0:
-        failed = f" (all {len(info.failed)} of its recordings failed to read)" if info.failed else ""
-        raise AttackError(f"{test_path}: the {config.split} split holds no samples{failed}; nothing to attack")
-    n_classes = target.cfg.num_classes
-    if len(info.classes) != n_classes:
-        raise AttackError(f"{config.checkpoint}: model has {n_classes} classes but {test_path} has "
-                          f"{len(info.classes)}")
-    if source_model is not None and source_model.cfg.num_classes != n_classes:
-        raise AttackError(f"{config.source}: source model has {source_model.cfg.num_classes} classes, "
-                          f"target {n_classes}")
-    for path, model in ((config.checkpoint, target), (config.source, source_model)):
-        if model is not None and (info.height, info.width) != (model.cfg.input_size, model.cfg.input_size):
-            raise AttackError(f"{path}: the model takes {model.cfg.input_size}x{model.cfg.input_size} frames but "
-                              f"{test_path} holds {info.height}x{info.width} frames; expected a cache framed at "
-                              f"the model's size")
-    if info.n_samples == 0:
-        raise AttackError(f"{test_path}: holds no samples; expected at least one to attack")
+    test_path, info, protocol = checked_split(config, target, payload, source_model)
+    cfg = _eval_config(config, protocol.name)
     value_range = (float(info.value_range[0]), float(info.value_range[1]))
     budgets = [budget_note("ε", e, protocol.name, info.count_cap, info.sensor_size, (info.height, info.width))
                for e in cfg.eps]
@@ -182,6 +188,36 @@ def run(config: Config) -> AttackResult:
         _write(result, config, Path(config.out) if config.out is not None else Path(config.checkpoint).parent)
     log.info("attack evaluation of %d samples took %.1f s", tally.total, result.seconds)
     return result
+
+
+def checked_split(config: Config, target: Any, payload: dict[str, Any], source_model: Any) -> tuple[Path, Any, Any]:
+    """(path, CacheInfo, protocol) of the ``split`` sibling of ``config.cache``, checked against the models.
+
+    ``AttackError`` when the split holds no samples or its classes or frame size differ from a model's.
+    """
+    from dvsguard.data.cache import open_cache, split_path
+    from dvsguard.errors import AttackError
+    from dvsguard.protocol import inherit
+
+    protocol = inherit(config.protocol, (payload.get("data") or {}).get("protocol"), str(config.checkpoint))
+    test_path = Path(split_path(config.cache, config.split))
+    info = open_cache(test_path)
+    if info.n_samples == 0:
+        failed = f" (all {len(info.failed)} of its recordings failed to read)" if info.failed else ""
+        raise AttackError(f"{test_path}: the {config.split} split holds no samples{failed}; nothing to attack")
+    n_classes = target.cfg.num_classes
+    if len(info.classes) != n_classes:
+        raise AttackError(f"{config.checkpoint}: model has {n_classes} classes but {test_path} has "
+                          f"{len(info.classes)}")
+    if source_model is not None and source_model.cfg.num_classes != n_classes:
+        raise AttackError(f"{config.source}: source model has {source_model.cfg.num_classes} classes, "
+                          f"target {n_classes}")
+    for path, model in ((config.checkpoint, target), (config.source, source_model)):
+        if model is not None and (info.height, info.width) != (model.cfg.input_size, model.cfg.input_size):
+            raise AttackError(f"{path}: the model takes {model.cfg.input_size}x{model.cfg.input_size} frames but "
+                              f"{test_path} holds {info.height}x{info.width} frames; expected a cache framed at "
+                              f"the model's size")
+    return test_path, info, protocol
 
 
 def _write(result: AttackResult, config: Config, out: Path) -> None:
