@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +40,7 @@ import numpy as np
 from dvsguard.atomic import atomic_path, write_text
 from dvsguard.errors import ExportError
 from dvsguard.export.quantize import QLayer, QuantizedNet
+from dvsguard.export.resources import CORES_PER_CHIP, NEURON_LIMIT, SYNMEM_WORDS, LayerSpec, estimate, weight_bits
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +49,12 @@ MANIFEST_FORMAT = "dvsguard-export/1"
 I_DECAY_IF = 4096  # current decays fully every step: u is this step's input only
 V_DECAY_IF = 0  # no leak: integrate-and-fire
 
-# Loihi 2 per-chip / per-core capacities used for the resource table (Intel Labs, "Taking
-# Neuromorphic Computing to the Next Level with Loihi 2", technology brief, 2021): 128
-# neuro-cores per chip, up to 1 M neurons and 120 M synapses per chip, 8192 neurons per
-# core at most, 128 KB of SRAM per core shared by synapses and neuron state (the table
-# counts weights only, 8 bits each, so its core counts are lower bounds).
-CORES_PER_CHIP = 128
-NEURONS_PER_CORE = 8192
+# Loihi 2 per-chip capacities (Intel Labs, "Taking Neuromorphic Computing to the Next Level
+# with Loihi 2", technology brief, 2021): 128 neuro-cores, up to 1 M neurons and 120 M
+# synapses per chip. Cores per layer come from :mod:`dvsguard.export.resources`.
 NEURONS_PER_CHIP = 1_048_576
 SYNAPSES_PER_CHIP = 120_000_000
-SYNAPTIC_BYTES_PER_CORE = 128 * 1024
+CALIBRATION = "model of Lava's compiler; 74 of 74 cores, every layer exact, on lava-dl's PilotNet SNN"
 
 
 # --------------------------------------------------------------------------- writers
@@ -186,14 +182,19 @@ def resource_table(net: QuantizedNet) -> dict[str, Any]:
     """Per-layer Loihi 2 resources and whether the network fits one chip.
 
     Rows: name, kind, neurons, synapses (connections), fan_in, weight_bytes (8-bit
-    weights stored; conv kernels are shared, dense matrices are not), cores (lower bound:
-    max of neurons / 8192 and weight bytes / 128 KB). Totals and ``fits_chip``.
+    weights stored; conv kernels are shared, dense matrices are not), cores (estimated by
+    :func:`dvsguard.export.resources.estimate`, with neurons and synapse words per core).
+    Totals, ``chips`` and ``fits_chip``.
     """
+    specs = [LayerSpec(layer.name, layer.kind, tuple(layer.out_shape) if layer.kind == "conv" else (layer.neurons, 1, 1),
+                       in_channels=int(layer.weight.shape[1]), taps=int(np.prod(layer.weight.shape[2:])),
+                       weight_bits=weight_bits(layer.weight)) for layer in net.layers]
+    est = estimate(specs)
     rows = []
-    for layer in net.layers:
+    for layer, mapped in zip(net.layers, est["rows"]):
         synapses = _conv_synapses(layer) if layer.kind == "conv" else int(layer.weight.size)
         weight_bytes = int(layer.weight.size)
-        cores = max(math.ceil(layer.neurons / NEURONS_PER_CORE), math.ceil(weight_bytes / SYNAPTIC_BYTES_PER_CORE), 1)
+        cores = mapped["cores"]
         rows.append(
             {
                 "name": layer.name,
@@ -203,13 +204,15 @@ def resource_table(net: QuantizedNet) -> dict[str, Any]:
                 "fan_in": layer.fan_in,
                 "weight_bytes": weight_bytes,
                 "cores": cores,
+                "neurons_per_core": mapped["neurons_per_core"],
+                "words_per_core": mapped["words_per_core"],
             }
         )
     totals = {key: sum(r[key] for r in rows) for key in ("neurons", "synapses", "weight_bytes", "cores")}
     stored_synapses = sum(r["weight_bytes"] for r in rows)
-    problems = []
+    problems = list(est["problems"])
     if totals["cores"] > CORES_PER_CHIP:
-        problems.append(f"needs at least {totals['cores']} neuro-cores, a Loihi 2 chip has {CORES_PER_CHIP}")
+        problems.append(f"needs about {totals['cores']} neuro-cores ({est['chips']} Loihi 2 chips of {CORES_PER_CHIP})")
     if totals["neurons"] > NEURONS_PER_CHIP:
         problems.append(f"has {totals['neurons']} neurons, a chip holds {NEURONS_PER_CHIP}")
     if stored_synapses > SYNAPSES_PER_CHIP:
@@ -217,12 +220,14 @@ def resource_table(net: QuantizedNet) -> dict[str, Any]:
     return {
         "rows": rows,
         "totals": totals,
+        "chips": est["chips"],
+        "estimate": CALIBRATION,
         "limits": {
             "cores_per_chip": CORES_PER_CHIP,
-            "neurons_per_core": NEURONS_PER_CORE,
+            "neurons_per_core": NEURON_LIMIT,
+            "synmem_words_per_core": SYNMEM_WORDS,
             "neurons_per_chip": NEURONS_PER_CHIP,
             "synapses_per_chip": SYNAPSES_PER_CHIP,
-            "synaptic_bytes_per_core": SYNAPTIC_BYTES_PER_CORE,
         },
         "fits_chip": not problems,
         "problems": problems,
@@ -243,8 +248,8 @@ def format_resource_table(table: dict[str, Any]) -> str:
     lim = table["limits"]
     verdict = "fits one Loihi 2 chip" if table["fits_chip"] else "does NOT fit one Loihi 2 chip: " + "; ".join(table["problems"])
     lines.append(
-        f"Loihi 2 limits: {lim['cores_per_chip']} cores/chip, {lim['neurons_per_core']} neurons/core, "
-        f"{lim['synaptic_bytes_per_core'] // 1024} KB/core, {lim['synapses_per_chip']:,} synapses/chip → {verdict}"
+        f"cores: estimate ({table['estimate']}); Loihi 2: {lim['cores_per_chip']} cores/chip, "
+        f"< {lim['neurons_per_core']} neurons and {lim['synmem_words_per_core']} synapse words per core → {verdict}"
     )
     return "\n".join(lines)
 

@@ -31,10 +31,9 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # Same features, a 512-wide head. Loihi 2 has 128 neuro-cores with 128 KB of synaptic
     # memory each (~16M 8-bit weights per chip at best). The paper's head alone stores
     # 18432·4096 + 4096² ≈ 92M weights (≥ 705 cores); this one 18432·512 ≈ 9.4M (72 cores).
-    # The whole network still does not fit one chip: the exporter's resource table (48×48)
-    # counts at least 280 cores (about 3 chips), 207 of them for the features, because each
-    # average pooling is folded into the next convolution as a 6×6 kernel with 4× the weights
-    # of its 3×3 one, and the 48×48 layers need 18 cores for their neurons alone.
+    # The whole network still does not fit one chip: the exporter's core estimate (48×48)
+    # is about 1949 cores (16 chips), mostly for the features, because each average pooling
+    # is folded into the next convolution as a 6×6 kernel with 4× the weights of its 3×3 one.
     "vgg11-loihi": {"channels": PAPER_CHANNELS, "head": (512,)},
     # The authors' `vgggesture` configuration for DVS Gesture (11 classes): conv 16, 32, pool,
     # conv 32, 32, pool, then one Linear straight to the classes (no hidden head), at the 48×48

@@ -116,7 +116,8 @@ def run(config: Config) -> ExportStageResult:
         manifest = exported.manifest
         result = ExportStageResult(
             net=str(exported.net_path), manifest=str(exported.manifest_path), fits_chip=manifest["resources"]["fits_chip"],
-            resources=manifest["resources"]["totals"], time_steps=manifest["time_steps"], lag=manifest["lag"],
+            resources={**manifest["resources"]["totals"], "chips": manifest["resources"]["chips"],
+                       "estimate": manifest["resources"]["estimate"]}, time_steps=manifest["time_steps"], lag=manifest["lag"],
             warnings=list(manifest["warnings"]), table=exported.table,
         )
     else:

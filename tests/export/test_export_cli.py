@@ -52,6 +52,7 @@ def test_export_writes_netx_and_manifest(tmp_path: Path, cache: Path, capsys: py
     assert manifest["classes"] == [str(i) for i in range(10)]
     assert [la["kind"] for la in manifest["layers"]] == ["conv", "conv", "dense", "dense"]
     assert manifest["resources"]["fits_chip"] and len(manifest["resources"]["rows"]) == 4
+    assert result["resources"]["chips"] == 1 and "PilotNet" in result["resources"]["estimate"]
     # --compare recomputed here: the integer simulator on the cache's counts vs the float model
     ds = FrameDataset(cache)
     counts = np.stack([np.asarray(ds.counts(i)) for i in range(len(ds))]).astype(np.int64)
