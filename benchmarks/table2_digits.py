@@ -25,6 +25,7 @@ stage; the paper's Fig. 3).
     .venv/bin/python benchmarks/table2_digits.py --seeds 0,1,2
     .venv/bin/python benchmarks/table2_digits.py --quickstart-only
     .venv/bin/python benchmarks/table2_digits.py --lambda-sweep-only
+    .venv/bin/python benchmarks/table2_digits.py --preset vgg11-chip --defenses vanilla,sr-star
 
 Timings depend on the CPU and on what else runs on it; float rounding of convolution kernels
 differs by CPU (oneDNN chooses them by instruction set), so the figures move between machines.
@@ -326,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="Folder of the runs (finished stages are reused).")
     parser.add_argument("--tiny", action="store_true", help="Seconds per seed instead of minutes (a smoke test).")
     parser.add_argument("--defenses", help="Comma list overriding vanilla,fgsm-at,sr,sr-star (add pgd-at, rat).")
+    parser.add_argument("--preset", help="Model preset of every model (default: the setting's, small), e.g. vgg11-chip.")
     parser.add_argument("--quickstart", action="store_true", help="Also run the quickstart pipeline for seeds 0,1,2.")
     parser.add_argument("--quickstart-only", action="store_true", help="Only the quickstart runs.")
     parser.add_argument("--lambda-sweep", action="store_true", help="Also the λ sweep (Fig. 3) on the first seed.")
@@ -337,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     s = Setting.tiny() if args.tiny else Setting()
     if args.defenses:
         s = dataclasses.replace(s, defenses=tuple(d.strip() for d in args.defenses.split(",") if d.strip()))
+    if args.preset:
+        s = dataclasses.replace(s, preset=args.preset)
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"

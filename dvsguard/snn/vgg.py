@@ -27,14 +27,19 @@ LINEAR_INITS = ("kaiming", "torch")
 
 _PRESETS: dict[str, dict[str, Any]] = {
     # The paper's VGG-11 for 48×48 DVS frames: 6×6×512 = 18432 features → 4096 → 4096 → classes.
+    # The exporter's Loihi 2 core estimate (dvsguard.export.resources, 48×48): about 6217 cores
+    # (49 chips of 128).
     "vgg11": {"channels": PAPER_CHANNELS, "head": (4096, 4096)},
-    # Same features, a 512-wide head. Loihi 2 has 128 neuro-cores with 128 KB of synaptic
-    # memory each (~16M 8-bit weights per chip at best). The paper's head alone stores
-    # 18432·4096 + 4096² ≈ 92M weights (≥ 705 cores); this one 18432·512 ≈ 9.4M (72 cores).
-    # The whole network still does not fit one chip: the exporter's core estimate (48×48)
-    # is about 1949 cores (16 chips), mostly for the features, because each average pooling
+    # Same features, a 512-wide head: 18432·512 ≈ 9.4M head weights instead of ≈ 92M. Estimate
+    # (48×48): about 1949 cores (16 chips), mostly for the features, because each average pooling
     # is folded into the next convolution as a 6×6 kernel with 4× the weights of its 3×3 one.
     "vgg11-loihi": {"channels": PAPER_CHANNELS, "head": (512,)},
+    # VGG-11's layout (8 convs, 3 poolings, one hidden layer) at a quarter of its width with a
+    # 128-wide head, sized by the core estimate to one Loihi 2 chip: about 105 cores at 48×48 and
+    # 73 at 32×32 (untrained weights; the pooling-folded convs' word counts move a few cores with
+    # the trained weights' bit widths). The cost drivers are those folded 6×6 convs, whose
+    # synapse words grow with input channels × 36 taps, and the first hidden layer's fan-in.
+    "vgg11-chip": {"channels": (16, "A", 32, 64, "A", 128, 128, 128, "A", 128, 128), "head": (128,)},
     # The authors' `vgggesture` configuration for DVS Gesture (11 classes): conv 16, 32, pool,
     # conv 32, 32, pool, then one Linear straight to the classes (no hidden head), at the 48×48
     # input their DVS models default to: 12×12×32 = 4608 features → 11. pipelines/dvsgesture.toml
@@ -138,7 +143,7 @@ class VGGConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "VGGConfig":
-        """A named architecture (``vgg11``, ``vgg11-loihi``, ``small``, ``tiny``) with optional
+        """A named architecture (``vgg11``, ``vgg11-loihi``, ``vgg11-chip``, ``small``, ``tiny``) with optional
         overrides, e.g. ``VGGConfig.preset("small", num_classes=10)``."""
         if name not in _PRESETS:
             raise ConfigError(f"unknown model preset {name!r}; expected one of {', '.join(_PRESETS)}")

@@ -20,7 +20,7 @@ class Config:
     cache: Path = option(help="Train-split frame cache (.h5); the test split is found beside it.", wired=True)
     defense: str = option(help="vanilla, sr, fgsm-at, pgd-at, sr-star or rat.")
     out: Path = option(help="Run folder: last.pt, best.pt, metrics.jsonl, config.json.", wired=True)
-    preset: str = option("small", "Model preset: vgg11 (paper), vgg11-loihi, small, tiny.")
+    preset: str = option("small", "Model preset: vgg11 (paper), vgg11-loihi, vgg11-chip (one Loihi 2 chip), vgggesture, small, tiny.")
     epochs: int = option(200, "Epochs (the cosine schedule spans them).", min=1)
     batch: int = option(24, "Batch size (per process under torchrun).", min=1)
     lr: float = option(0.1, "Initial learning rate (about 1e-3 for adam).", above=0.0)
