@@ -14,18 +14,37 @@ semantics of Lava's ``fixed_pt`` models (lava-nc 0.10.0):
   wrapped to 24 bits; v ← sign(v)·(|v·(4096−vDecay)| ≫ 12) + u + (bias ≪ 6), clipped to
   ±(2²³−1); a spike when v > vThMant ≪ 6, then v ← 0;
 * graded input events enter the first synapse as integers (binary when the file's
-  ``input_bits`` is 0).
+  ``input_bits`` is 0);
+* an input layer with a neuron (lava-dl's ``Input`` block, as in its PilotNet SNN) is a
+  layer of its own: the input values enter that neuron's current directly — no synapse, no
+  step of delay, no bias — and the layer's stored weight and bias, lava-dl's input
+  transform that its data pipeline applies beforehand, are only reported
+  (:attr:`SimNet.input_transform`); a file without an input layer (lava-dl's MNIST) takes
+  the first dense layer's fan-in as its input.
+
+Conventions: shapes are stored (C, H, W) and netx reverses them to Lava's (W, H, C); conv
+kernels are stored as PyTorch's ``[out, in, kh, kw]`` cross-correlation kernels, which netx
+flips for Lava's convolution (scipy's ``convolve2d`` flips them back), so the simulator keeps
+(C, H, W) and uses the stored kernel as a cross-correlation. LOIHI and CUBA neurons are the
+same LIF (:func:`_neuron`); what netx reads but this simulator does not run — other layer
+types (pool, average, dense_rec, dense_comp…), other neuron types (SDNN, RF…), graded
+output spikes, synaptic delays, dilation, groups, neuron-wise biases — is refused with a
+one-line ExportError naming the layer and the feature. This is checked against Lava on
+dvsguard's exported files, hand-made ones, and lava-dl's own PilotNet SNN and MNIST files
+(``tests/export/test_lava.py``).
 
 Timing in Lava: every synapse sends what it computed in the previous step, so layer k
-(1-based) integrates frame j of sample s at step s·T + 1 + k + j (the source sends frame j
-at step s·T + j + 1). ``Network(reset_interval=T, reset_offset=1)`` resets layer k at the
-steps ≡ 1 + k (mod T), i.e. exactly when frame 0 of a sample reaches it, so each layer
+(1-based) integrates frame j of sample s at step s·T + D + k + j (the source sends frame j
+at step s·T + j + 1; D = :attr:`SimNet.input_delay` is 1, or 0 when the first layer is an
+input neuron, which integrates the source in the step it is sent).
+``Network(reset_interval=T, reset_offset=D)`` resets layer k at the steps ≡ D + k (mod T),
+i.e. exactly when frame 0 of a sample reaches it, so each layer
 integrates the T frames of one sample from a zero state and nothing leaks between
 samples, with no idle steps. :func:`simulate` therefore runs every sample on its own,
 layer after layer over its T frames (fast, vectorised over samples); :func:`stream`
 replays the literal step-by-step Lava timeline with its one-step delay per layer (used to
 check that equivalence against Lava's own recordings). The read-out layer's voltage after
-step (s+1)·T + L (L layers) is the output of sample s.
+step (s+1)·T + L − 1 + D (L layers) is the output of sample s.
 """
 
 from __future__ import annotations

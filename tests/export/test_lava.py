@@ -108,7 +108,7 @@ def test_export_verify_command(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "Lava: running 3 test sample(s)" in caplog.text and "estimated" in caplog.text
 
 
-@pytest.mark.slow  # PilotNet takes about 4 s per Lava step on two cores: about 4 minutes
+@pytest.mark.slow  # PilotNet takes 4–6 s per Lava step on two cores: about 5 minutes
 def test_lava_dl_files_run_identically_in_lava(lava_dl_netx: Path) -> None:
     """lava-dl's own PilotNet SNN (input neuron, LOIHI neurons) and MNIST network (CUBA, no
     input layer), random inputs of several samples at lava-dl's PilotNet sample length (16
