@@ -271,8 +271,8 @@ def _neuron(g: h5py.Group, where: str) -> dict[str, int]:
 
     netx maps CUBA and LOIHI alike onto Lava's LIF with du = iDecay − 1 and dv = vDecay, and
     Lava's fixed-point LIF adds 1 to du, so per step the current loses iDecay/4096 of itself
-    and the voltage vDecay/4096. The fields netx does not read (refDelay — Lava's LIF has no
-    refractory period —, gradedSpike, theta, tauRho, scaleRho, wgtExp) are ignored as there.
+    and the voltage vDecay/4096. Fields netx does not read are ignored as there: refDelay
+    (Lava's LIF has no refractory period), gradedSpike, theta, tauRho, scaleRho, wgtExp.
     """
     if "neuron" not in g:
         raise ExportError(f"{where}: no neuron group (netx's default integrator neuron is not supported)")
