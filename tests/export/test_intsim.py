@@ -310,36 +310,40 @@ def test_lava_dl_files_step_by_step_timeline_equals_simulation(lava_dl_netx: Pat
         np.testing.assert_array_equal(frame_aligned(st["spikes"][k], k, n, t, net.input_delay), sim.spikes[k], err_msg=f"layer {k}")
 
 
-def _set(g: h5py.Group, name: str, value: object) -> None:
+def _replace(f: h5py.File, group: str, name: str, value: object) -> None:
+    """Replace ``group/name`` in f by a dataset of ``value`` (a group of datasets for a dict, nothing for None)."""
+    g = f[group]
     if name in g:
         del g[name]
-    g.create_dataset(name, data=value)
+    if isinstance(value, dict):
+        for key, data in value.items():
+            g.create_dataset(f"{name}/{key}", data=data)
+    elif value is not None:
+        g.create_dataset(name, data=value)
 
 
+# feature → (group, field, new value, expected message) on the hand-made file
 UNSUPPORTED = {
-    "neuron type": (lambda f: _set(f["layer/1/neuron"], "type", np.array([b"SDNN"])), r"layer 1 \(conv\): neuron type 'SDNN' is not supported"),
-    "graded spikes": (lambda f: _set(f["layer/2/neuron"], "messageBits", 16), r"layer 2 \(conv\): graded output spikes"),
-    "decay range": (lambda f: _set(f["layer/4/neuron"], "iDecay", 5000), r"layer 4 \(dense\): neuron iDecay 5000 is outside 0\.\.4096"),
-    "no neuron": (lambda f: f["layer/5"].pop("neuron"), r"layer 5 \(dense\): no neuron group"),
-    "delay": (lambda f: _set(f["layer/4"], "delay", np.ones(6, dtype=int)), r"layer 4 \(dense\): synaptic delays are not supported"),
-    "recurrent layer": (lambda f: _set(f["layer/5"], "type", np.array([b"dense_rec"])), r"layer 5 \(dense_rec\): layer type 'dense_rec' is not supported"),
-    "complex weights": (
-        lambda f: (f["layer/5"].pop("weight"), f["layer/5"].create_dataset("weight/real", data=np.ones((5, 6))), f["layer/5"].create_dataset("weight/imag", data=np.ones((5, 6)))),
-        r"layer 5 \(dense\): complex weights \(imag, real\) are not supported",
-    ),
-    "groups": (lambda f: _set(f["layer/2"], "groups", 2), r"layer 2 \(conv\): groups are not supported"),
-    "neuron-wise bias": (lambda f: _set(f["layer/1"], "bias", np.zeros((4, 5, 4))), r"layer 1 \(conv\): bias of 80 values for 4 output channels"),
-    "late input layer": (lambda f: _set(f["layer/3"], "type", np.array([b"input"])), r"layer 3 \(input\): an input layer after the first layer"),
+    "neuron type": ("layer/1/neuron", "type", np.array([b"SDNN"]), r"layer 1 \(conv\): neuron type 'SDNN' is not supported"),
+    "graded spikes": ("layer/2/neuron", "messageBits", 16, r"layer 2 \(conv\): graded output spikes"),
+    "decay range": ("layer/4/neuron", "iDecay", 5000, r"layer 4 \(dense\): neuron iDecay 5000 is outside 0\.\.4096"),
+    "no neuron": ("layer/5", "neuron", None, r"layer 5 \(dense\): no neuron group"),
+    "delay": ("layer/4", "delay", np.ones(6, dtype=int), r"layer 4 \(dense\): synaptic delays are not supported"),
+    "recurrent layer": ("layer/5", "type", np.array([b"dense_rec"]), r"layer 5 \(dense_rec\): layer type 'dense_rec' is not supported"),
+    "complex weights": ("layer/5", "weight", {"real": np.ones((5, 6)), "imag": np.ones((5, 6))}, r"layer 5 \(dense\): complex weights"),
+    "groups": ("layer/2", "groups", 2, r"layer 2 \(conv\): groups are not supported"),
+    "neuron-wise bias": ("layer/1", "bias", np.zeros((4, 5, 4)), r"layer 1 \(conv\): bias of 80 values for 4 output channels"),
+    "late input layer": ("layer/3", "type", np.array([b"input"]), r"layer 3 \(input\): an input layer after the first layer"),
 }
 
 
 @pytest.mark.parametrize("feature", list(UNSUPPORTED))
 def test_unsupported_netx_feature_is_a_one_line_error_naming_layer_and_feature(tmp_path: Path, feature: str) -> None:
-    edit, message = UNSUPPORTED[feature]
+    group, name, value, message = UNSUPPORTED[feature]
     path = write_handmade(tmp_path / "hand.net")
     load_netx(path)  # readable before the edit
     with h5py.File(path, "a") as f:
-        edit(f)
+        _replace(f, group, name, value)
     with pytest.raises(ExportError, match=message) as err:
         load_netx(path)
     text = str(err.value)
