@@ -18,7 +18,7 @@ from dvsguard.export.netx import WRITERS, write_netx
 from dvsguard.export.quantize import QuantizedNet, quantize_model
 from dvsguard.snn import IFNeuron, SpikingVGG, if_spikes
 
-from .conftest import CAP, T, handmade_frames, lava_dl_frames, random_counts, tiny_model, to_model_input, write_handmade
+from .conftest import CAP, LAVA_DL_FILES, T, handmade_frames, lava_dl_frames, random_counts, tiny_model, to_model_input, write_handmade
 
 
 def torch_reference(model: nn.Module, q: QuantizedNet, counts: np.ndarray) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -257,7 +257,7 @@ def _file_neurons(path: Path) -> list[tuple[int, int, int]]:
 
 def test_lava_dl_pilotnet_loads_and_simulates(lava_dl_netx: Path) -> None:
     """lava-dl's PilotNet SNN: an input layer with its own LOIHI neuron, five convs (one with
-    stride (2, 1) and padding (1, 0)), flatten, four dense layers; every layer fires."""
+    stride (2, 1) and padding (1, 0)), flatten, four dense layers; every layer but the read-out fires."""
     path = lava_dl_netx / "pilotnet_snn.net"
     net = load_netx(path)
     assert [layer.kind for layer in net.layers] == PILOTNET_KINDS
@@ -295,7 +295,7 @@ def test_lava_dl_mnist_loads_and_simulates(lava_dl_netx: Path) -> None:
     assert all(s.any() for s in sim.spikes), [int(s.sum()) for s in sim.spikes]
 
 
-@pytest.mark.parametrize("name", ["pilotnet_snn.net", "mnist.net"])
+@pytest.mark.parametrize("name", LAVA_DL_FILES)
 def test_lava_dl_files_step_by_step_timeline_equals_simulation(lava_dl_netx: Path, name: str) -> None:
     """The literal Lava timeline (an input neuron integrates the source in the step it is sent,
     a synapse one step later) gives the per-sample result, frame for frame."""
