@@ -14,18 +14,37 @@ semantics of Lava's ``fixed_pt`` models (lava-nc 0.10.0):
   wrapped to 24 bits; v ← sign(v)·(|v·(4096−vDecay)| ≫ 12) + u + (bias ≪ 6), clipped to
   ±(2²³−1); a spike when v > vThMant ≪ 6, then v ← 0;
 * graded input events enter the first synapse as integers (binary when the file's
-  ``input_bits`` is 0).
+  ``input_bits`` is 0);
+* an input layer with a neuron (lava-dl's ``Input`` block, as in its PilotNet SNN) is a
+  layer of its own: the input values enter that neuron's current directly — no synapse, no
+  step of delay, no bias — and the layer's stored weight and bias, lava-dl's input
+  transform that its data pipeline applies beforehand, are only reported
+  (:attr:`SimNet.input_transform`); a file without an input layer (lava-dl's MNIST) takes
+  the first dense layer's fan-in as its input.
+
+Conventions: shapes are stored (C, H, W) and netx reverses them to Lava's (W, H, C); conv
+kernels are stored as PyTorch's ``[out, in, kh, kw]`` cross-correlation kernels, which netx
+flips for Lava's convolution (scipy's ``convolve2d`` flips them back), so the simulator keeps
+(C, H, W) and uses the stored kernel as a cross-correlation. LOIHI and CUBA neurons are the
+same LIF (:func:`_neuron`); what netx reads but this simulator does not run — other layer
+types (pool, average, dense_rec, dense_comp…), other neuron types (SDNN, RF…), graded
+output spikes, synaptic delays, dilation, groups, neuron-wise biases — is refused with a
+one-line ExportError naming the layer and the feature. This is checked against Lava on
+dvsguard's exported files, hand-made ones, and lava-dl's own PilotNet SNN and MNIST files
+(``tests/export/test_lava.py``).
 
 Timing in Lava: every synapse sends what it computed in the previous step, so layer k
-(1-based) integrates frame j of sample s at step s·T + 1 + k + j (the source sends frame j
-at step s·T + j + 1). ``Network(reset_interval=T, reset_offset=1)`` resets layer k at the
-steps ≡ 1 + k (mod T), i.e. exactly when frame 0 of a sample reaches it, so each layer
+(1-based) integrates frame j of sample s at step s·T + D + k + j (the source sends frame j
+at step s·T + j + 1; D = :attr:`SimNet.input_delay` is 1, or 0 when the first layer is an
+input neuron, which integrates the source in the step it is sent).
+``Network(reset_interval=T, reset_offset=D)`` resets layer k at the steps ≡ D + k (mod T),
+i.e. exactly when frame 0 of a sample reaches it, so each layer
 integrates the T frames of one sample from a zero state and nothing leaks between
 samples, with no idle steps. :func:`simulate` therefore runs every sample on its own,
 layer after layer over its T frames (fast, vectorised over samples); :func:`stream`
 replays the literal step-by-step Lava timeline with its one-step delay per layer (used to
 check that equivalence against Lava's own recordings). The read-out layer's voltage after
-step (s+1)·T + L (L layers) is the output of sample s.
+step (s+1)·T + L − 1 + D (L layers) is the output of sample s.
 """
 
 from __future__ import annotations
@@ -61,9 +80,11 @@ class SimLayer:
     """One netx block as Lava runs it.
 
     Attributes:
-        kind: ``conv`` or ``dense``.
+        kind: ``conv``, ``dense`` or ``input`` (an input layer with a neuron: the input values
+            enter its current unweighted, with no synapse and no step of delay).
         weight: effective integer weights, int32 (dense: after netx/Lava's rescale, clip, truncate;
-            int32 holds every netx weight shifted by its scale, at half the memory of int64).
+            int32 holds every netx weight shifted by its scale, at half the memory of int64;
+            input: empty).
         weight_exp: dense only: accumulated input is shifted by this (≤ 0: right shift).
         bias: ``[out]`` bias mantissa (int64).
         vth, i_decay, v_decay: neuron parameters (vThMant, iDecay, vDecay).
@@ -90,12 +111,26 @@ class SimLayer:
 
 @dataclass
 class SimNet:
-    """A netx file as the simulator runs it, with the file's root attributes."""
+    """A netx file as the simulator runs it, with the file's root attributes.
+
+    ``input_transform``: for an input layer with a neuron, its stored ``weight`` and ``bias``
+    (64 and 0 when absent, as netx reads them): lava-dl's input transform, which its data
+    pipeline applies to the data before the network; netx's ``Input`` block does not apply
+    it, so neither does :func:`simulate`. None otherwise.
+    """
 
     path: Path
     input_shape: tuple[int, ...]
     layers: list[SimLayer]
     attrs: dict[str, Any] = field(default_factory=dict)
+    input_transform: dict[str, int] | None = None
+
+    @property
+    def input_delay(self) -> int:
+        """Lava steps from the source sending a frame to the first layer integrating it: 1
+        through a synapse (it sends what it computed in the previous step), 0 into an input
+        neuron."""
+        return 0 if self.layers[0].kind == "input" else 1
 
     @property
     def time_steps(self) -> int | None:
@@ -200,10 +235,12 @@ class ReadState:
 
     Attributes:
         bits: message bits of the input events (0 = binary).
-        input_shape: ``(C, H, W)`` of the ``input`` layer, once read.
+        input_shape: the network's input shape, once known: the ``input`` layer's (C, H, W),
+            or ``(n,)`` from a first dense layer's weights when the file has no input layer.
         shape: output shape of the last layer read (the next layer's input shape).
         flatten: a ``flatten`` marker is pending for the next dense layer.
-        layers: the conv/dense layers read so far.
+        layers: the layers read so far.
+        input_transform: the input layer's stored weight and bias (see :class:`SimNet`).
     """
 
     bits: int
@@ -211,21 +248,86 @@ class ReadState:
     shape: tuple[int, ...] | None = None
     flatten: bool = False
     layers: list[SimLayer] = field(default_factory=list)
+    input_transform: dict[str, int] | None = None
 
 
 Reader = Callable[[h5py.Group, ReadState, str], None]
 """``reader(group, state, where)``: read one layer group into ``state``; ``where`` names the group in errors."""
+
+#: neuron types netx maps onto Lava's fixed-point LIF (both CUBA with current and voltage decays)
+NEURON_TYPES = ("CUBA", "LOIHI")
 
 
 def _shape(g: h5py.Group) -> tuple[int, ...]:
     return tuple(int(v) for v in np.asarray(g["shape"][()]).reshape(-1))
 
 
+def _scalar(g: h5py.Group, name: str, default: int) -> int:
+    return int(np.asarray(g[name][()]).reshape(-1)[0]) if name in g else default
+
+
+def _neuron(g: h5py.Group, where: str) -> dict[str, int]:
+    """A layer's ``neuron`` group → the :class:`SimLayer` keywords ``vth``, ``i_decay``, ``v_decay``.
+
+    netx maps CUBA and LOIHI alike onto Lava's LIF with du = iDecay − 1 and dv = vDecay, and
+    Lava's fixed-point LIF adds 1 to du, so per step the current loses iDecay/4096 of itself
+    and the voltage vDecay/4096. Fields netx does not read are ignored as there: refDelay
+    (Lava's LIF has no refractory period), gradedSpike, theta, tauRho, scaleRho, wgtExp.
+    """
+    if "neuron" not in g:
+        raise ExportError(f"{where}: no neuron group (netx's default integrator neuron is not supported)")
+    neuron = g["neuron"]
+    ntype = _str(neuron["type"])
+    if ntype not in NEURON_TYPES:
+        raise ExportError(f"{where}: neuron type {ntype!r} is not supported (only {', '.join(NEURON_TYPES)})")
+    if _scalar(neuron, "messageBits", 0) > 0:
+        raise ExportError(f"{where}: graded output spikes (neuron messageBits > 0) are not supported")
+    names = {"vth": "vThMant", "i_decay": "iDecay", "v_decay": "vDecay"}
+    missing = [name for name in names.values() if name not in neuron]
+    if missing:
+        raise ExportError(f"{where}: neuron has no {', '.join(missing)}")
+    fields = {key: _scalar(neuron, name, 0) for key, name in names.items()}
+    for key in ("i_decay", "v_decay"):
+        if not 0 <= fields[key] <= DECAY_UNITY:
+            raise ExportError(f"{where}: neuron {names[key]} {fields[key]} is outside 0..{DECAY_UNITY}")
+    return fields
+
+
+def _bias(g: h5py.Group, n: int, where: str) -> np.ndarray:
+    """The layer's bias mantissas, int64 ``[n]`` (one per output channel or neuron; zeros when absent)."""
+    if "bias" not in g:
+        return np.zeros(n, dtype=np.int64)
+    bias = np.asarray(g["bias"][()]).astype(np.int64).reshape(-1)
+    if bias.size != n:
+        raise ExportError(f"{where}: bias of {bias.size} values for {n} output channels (only per-channel biases are supported)")
+    return bias
+
+
 def read_input(g: h5py.Group, r: ReadState, where: str) -> None:
-    """``input`` layer: the frame shape (C, H, W); input neurons are not supported."""
-    if "neuron" in g:
-        raise ExportError(f"{where}: input neurons are not supported by the simulator")
-    r.input_shape = r.shape = _shape(g)
+    """``input`` layer: the frame shape (C, H, W) as stored (netx reverses it to Lava's (W, H, C)).
+
+    With a neuron it is a layer of its own (kind ``input``): netx's ``Input`` block feeds the
+    input values straight into that neuron's current, with no synapse, no bias, and without
+    the file's weight and bias (kept as ``input_transform``).
+    """
+    if r.shape is not None:
+        raise ExportError(f"{where}: an input layer after the first layer")
+    shape = _shape(g)
+    r.input_shape = r.shape = shape
+    if "neuron" not in g:
+        return
+    r.layers.append(
+        SimLayer(
+            kind="input",
+            weight=np.zeros(0, dtype=np.int32),
+            bias=np.zeros(shape[0], dtype=np.int64),
+            in_shape=shape,
+            out_shape=shape,
+            graded=True,
+            **_neuron(g, where),
+        )
+    )
+    r.input_transform = {"weight": _scalar(g, "weight", 64), "bias": _scalar(g, "bias", 0)}
 
 
 def read_flatten(g: h5py.Group, r: ReadState, where: str) -> None:
@@ -233,35 +335,25 @@ def read_flatten(g: h5py.Group, r: ReadState, where: str) -> None:
     r.flatten = True
 
 
-def _synapse_layer(g: h5py.Group, r: ReadState, where: str) -> tuple[tuple[int, ...], np.ndarray, dict[str, Any]]:
-    """Checks and fields a conv and a dense layer share: (input shape, stored weights, SimLayer keywords)."""
-    if r.shape is None:
-        raise ExportError(f"{where}: no input layer before it")
+def _synapse_layer(g: h5py.Group, r: ReadState, where: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Checks and fields a conv and a dense layer share: (stored weights, SimLayer keywords)."""
     if "delay" in g:
         raise ExportError(f"{where}: synaptic delays are not supported")
-    neuron = g["neuron"]
-    ntype = _str(neuron["type"])
-    if ntype not in ("CUBA", "LOIHI"):
-        raise ExportError(f"{where}: neuron type {ntype!r} is not supported")
-    if "messageBits" in neuron and int(neuron["messageBits"][()]) > 0:
-        raise ExportError(f"{where}: graded output spikes are not supported")
-    out_shape = _shape(g)
+    if "weight" not in g:
+        raise ExportError(f"{where}: no weight")
+    if isinstance(g["weight"], h5py.Group):
+        raise ExportError(f"{where}: complex weights ({', '.join(g['weight'])}) are not supported")
     weight = g["weight"][()].astype(np.int32)
-    bias = g["bias"][()].astype(np.int64) if "bias" in g else np.zeros(out_shape[0], dtype=np.int64)
-    common = dict(
-        bias=bias,
-        vth=int(neuron["vThMant"][()]),
-        i_decay=int(neuron["iDecay"][()]),
-        v_decay=int(neuron["vDecay"][()]),
-        out_shape=out_shape,
-        graded=(len(r.layers) == 0 and r.bits > 0),
-    )
-    return r.shape, weight, common
+    common = dict(out_shape=_shape(g), graded=(not r.layers and r.bits > 0), **_neuron(g, where))
+    return weight, common
 
 
 def read_conv(g: h5py.Group, r: ReadState, where: str) -> None:
     """``conv`` layer: kernel ``[out, in, kh, kw]`` used as stored, stride and padding (y, x)."""
-    shape, weight, common = _synapse_layer(g, r, where)
+    weight, common = _synapse_layer(g, r, where)
+    shape = r.shape
+    if shape is None:
+        raise ExportError(f"{where}: no input layer before it (the input shape is unknown)")
     if len(shape) != 3:
         raise ExportError(f"{where}: conv after a flat layer")
     if "dilation" in g and _pair_yx(g["dilation"][()]) != (1, 1):
@@ -272,6 +364,7 @@ def read_conv(g: h5py.Group, r: ReadState, where: str) -> None:
     layer = SimLayer(
         kind="conv",
         weight=weight,
+        bias=_bias(g, weight.shape[0], where),
         in_shape=shape,
         stride=_pair_yx(g["stride"][()]),
         padding=_pair_yx(g["padding"][()]),
@@ -291,19 +384,28 @@ def read_conv(g: h5py.Group, r: ReadState, where: str) -> None:
 
 
 def read_dense(g: h5py.Group, r: ReadState, where: str) -> None:
-    """``dense`` layer: weights ``[out, in]`` as Lava's fixed-point Dense uses them (:func:`dense_effective`)."""
-    shape, weight, common = _synapse_layer(g, r, where)
-    out_shape = common["out_shape"]
-    n_in = int(np.prod(shape))
+    """``dense`` layer: weights ``[out, in]`` as Lava's fixed-point Dense uses them (:func:`dense_effective`).
+
+    Its output shape is flat, ``(N,)``, whatever shape is stored (netx takes the product). As
+    the first layer of a file without an input layer it sets the input shape to its fan-in.
+    """
+    weight, common = _synapse_layer(g, r, where)
+    n_out = int(np.prod(common["out_shape"]))
+    common["out_shape"] = (n_out,)
     if weight.ndim == 1:
-        weight = weight.reshape(int(np.prod(out_shape)), -1)
-    if weight.shape != (int(np.prod(out_shape)), n_in):
-        raise ExportError(f"{where}: weight {weight.shape} does not match input {shape} → {out_shape}")
+        weight = weight.reshape(n_out, -1)
+    if r.shape is None:
+        r.input_shape = r.shape = (weight.shape[-1],)
+    shape = r.shape
+    n_in = int(np.prod(shape))
+    if weight.shape != (n_out, n_in):
+        raise ExportError(f"{where}: weight {weight.shape} does not match input {shape} → {n_out}")
     eff, exp = dense_effective(weight)
     layer = SimLayer(
         kind="dense",
         weight=eff,
         weight_exp=exp,
+        bias=_bias(g, n_out, where),
         in_shape=(n_in,),
         flatten=r.flatten or len(shape) > 1,
         **common,
@@ -323,12 +425,14 @@ READERS: dict[str, Reader] = {
 
 
 def load_netx(path: str | os.PathLike[str], input_bits: int | None = None) -> SimNet:
-    """Read a netx HDF5 file into a :class:`SimNet`.
+    """Read a netx HDF5 file (dvsguard's or lava-dl's own) into a :class:`SimNet`.
 
     input_bits: message bits of the input events (default: the file's ``input_bits``
-    attribute, else 0 = binary). Raises ExportError on layer types or options that netx
-    or this simulator does not run (pool, average, recurrent, delays, input neurons…).
-    Each layer group is read by the :data:`READERS` entry of its ``type``.
+    attribute, else 0 = binary; an input neuron takes graded values regardless). Each layer
+    group is read by the :data:`READERS` entry of its ``type``. Raises a one-line
+    ExportError naming the layer and the feature for anything this simulator does not run
+    (pool, average, recurrent or complex layers, other neuron types, graded output spikes,
+    delays, dilation, groups…).
     """
     path = Path(path)
     try:
@@ -348,13 +452,13 @@ def load_netx(path: str | os.PathLike[str], input_bits: int | None = None) -> Si
             kind = _str(g["type"])
             where = f"{path}: layer {i} ({kind})"
             if kind not in READERS:
-                raise ExportError(f"{where}: layer type {kind!r} is not supported")
+                raise ExportError(f"{where}: layer type {kind!r} is not supported (only {', '.join(READERS)})")
             READERS[kind](g, reading, where)
         if reading.input_shape is None:
             raise ExportError(f"{path}: no input layer")
-        if not reading.layers:
+        if all(layer.kind == "input" for layer in reading.layers):
             raise ExportError(f"{path}: no conv or dense layer")
-    return SimNet(path=path, input_shape=reading.input_shape, layers=reading.layers, attrs=attrs)
+    return SimNet(path=path, input_shape=reading.input_shape, layers=reading.layers, attrs=attrs, input_transform=reading.input_transform)
 
 
 # --------------------------------------------------------------------------- synapses
@@ -392,7 +496,10 @@ def _dense(x: np.ndarray, layer: SimLayer) -> np.ndarray:
 
 
 def synapse(layer: SimLayer, x: np.ndarray, events: dict[str, int] | None = None) -> np.ndarray:
-    """Synaptic input of ``layer`` for inputs x ``[B, *in_shape]`` (spikes or graded ints)."""
+    """Synaptic input of ``layer`` for inputs x ``[B, *in_shape]`` (spikes or graded ints);
+    an input neuron's is x itself."""
+    if layer.kind == "input":
+        return x.astype(np.int64)
     if not layer.graded:
         x = (x != 0).astype(np.int64)
     if layer.kind == "conv":
@@ -511,22 +618,27 @@ def simulate(net: SimNet, frames: np.ndarray, record: bool = False, batch: int =
     return SimResult(v_out=v_out, spikes=spikes, events=events, layer_events=layer_events)
 
 
-def stream(net: SimNet, frames: np.ndarray, time_steps: int, reset_offset: int = 1, extra_steps: int | None = None) -> dict[str, Any]:
+def stream(net: SimNet, frames: np.ndarray, time_steps: int, reset_offset: int | None = None, extra_steps: int | None = None) -> dict[str, Any]:
     """The literal Lava timeline for samples fed back to back (slow; for checks on small nets).
 
     frames: int ``[N, T, *input_shape]``; the source sends frame j of sample s at step
-    s·T + j + 1 and zeros after the last sample. Layer k (1-based) resets at steps
-    ≡ reset_offset + k (mod time_steps), as ``Network(reset_interval=time_steps,
-    reset_offset=reset_offset)`` does. Runs N·T + L (+ extra_steps) steps.
+    s·T + j + 1 and zeros after the last sample. A synapse sends what it computed in the
+    previous step; an input neuron integrates the source in the step it sends. Layer k
+    (1-based) resets at steps ≡ reset_offset + k (mod time_steps), as ``Network(reset_interval
+    =time_steps, reset_offset=reset_offset)`` does; the default, ``net.input_delay``, resets
+    each layer in the step frame 0 of a sample reaches it. Runs N·T + L − 1 + input_delay
+    (+ extra_steps) steps (L layers).
 
     Returns ``{"spikes": [bool [steps, *out_shape] per layer] (index t−1 = step t, what a
     sink RingBuffer records), "v_out": int64 [N, n_out] (read-out voltage after step
-    (s+1)·T + L), "steps": int}``.
+    (s+1)·T + L − 1 + input_delay), "steps": int}``.
     """
     frames = _check_frames(net, frames)
     n, t = frames.shape[:2]
     n_layers = len(net.layers)
-    steps = n * t + n_layers + (extra_steps or 0)
+    lag = n_layers - 1 + net.input_delay  # steps from a frame's sending to its read-out
+    offset = net.input_delay if reset_offset is None else reset_offset
+    steps = n * t + lag + (extra_steps or 0)
     seq = frames.reshape(n * t, *frames.shape[2:])
     zero_in = np.zeros(frames.shape[2:], dtype=np.int64)
     a_buf = [np.zeros(layer.out_shape, dtype=np.int64) for layer in net.layers]
@@ -538,23 +650,29 @@ def stream(net: SimNet, frames: np.ndarray, time_steps: int, reset_offset: int =
         src = seq[step - 1] if step - 1 < n * t else zero_in
         outs = []
         for k, layer in enumerate(net.layers, start=1):
-            if step % time_steps == (reset_offset + k) % time_steps:
+            if step % time_steps == (offset + k) % time_steps:
                 u[k - 1][...] = 0
                 v[k - 1][...] = 0
-            outs.append(neuron_step(u[k - 1], v[k - 1], a_buf[k - 1], layer))
+            a = synapse(layer, src[None])[0] if layer.kind == "input" else a_buf[k - 1]
+            outs.append(neuron_step(u[k - 1], v[k - 1], a, layer))
             rec[k - 1][step - 1] = outs[-1]
         for k, layer in enumerate(net.layers, start=1):
-            inp = src if k == 1 else outs[k - 2].astype(np.int64)
-            a_buf[k - 1] = synapse(layer, inp[None])[0]
-        s_done = step - n_layers
+            if layer.kind != "input":
+                inp = src if k == 1 else outs[k - 2].astype(np.int64)
+                a_buf[k - 1] = synapse(layer, inp[None])[0]
+        s_done = step - lag
         if s_done > 0 and s_done % t == 0 and s_done // t - 1 < n:
             v_out[s_done // t - 1] = v[-1].reshape(-1)
     return {"spikes": rec, "v_out": v_out, "steps": steps}
 
 
-def frame_aligned(recording: np.ndarray, layer: int, n_samples: int, time_steps: int) -> np.ndarray:
-    """Lava sink recording ``[steps, *shape]`` of layer ``layer`` (0-based) → ``[N, T, *shape]``."""
-    start = layer + 1
+def frame_aligned(recording: np.ndarray, layer: int, n_samples: int, time_steps: int, input_delay: int = 1) -> np.ndarray:
+    """Lava sink recording ``[steps, *shape]`` of layer ``layer`` (0-based) → ``[N, T, *shape]``.
+
+    input_delay: the network's :attr:`SimNet.input_delay` (frame 0 reaches layer ``layer`` in
+    step layer + 1 + input_delay, recorded at index layer + input_delay).
+    """
+    start = layer + input_delay
     block = recording[start : start + n_samples * time_steps]
     return block.reshape(n_samples, time_steps, *recording.shape[1:])
 

@@ -11,11 +11,15 @@ subprocess with file paths::
 
 IN.npz holds ``frames``: int ``[N, T, C, H, W]`` (or ``[N, T, n]``), the graded input
 events of N samples. The samples are fed back to back through an ``io.source.RingBuffer``
-into ``lava.lib.dl.netx.hdf5.Network(net, reset_interval=T, reset_offset=1,
-input_message_bits=B)``: layer k then resets exactly when frame 0 of each sample reaches
-it, so samples do not leak into one another and no idle steps are needed. The run lasts
-N·T + L steps (L layers: one step of delay each). After step (s+1)·T + L the read-out
-layer's voltage holds sample s's T frames and is read with ``Var.get()``.
+into ``lava.lib.dl.netx.hdf5.Network(net, reset_interval=T, reset_offset=D,
+input_message_bits=B)``, where D is the input delay: 1 when the first layer has a synapse
+(the network's ``inp``; a synapse sends what it computed in the previous step), 0 when it
+is an input neuron (lava-dl's ``Input`` block, whose ``inp`` leads nowhere: the frames go
+straight into its neuron's ``a_in``, as lava-dl's own tutorials connect it). Layer k then
+resets exactly when frame 0 of each sample reaches it, so samples do not leak into one
+another and no idle steps are needed. The run lasts N·T + L − 1 + D steps (L layers, one
+step of delay between layers). After step (s+1)·T + L − 1 + D the read-out layer's voltage
+holds sample s's T frames and is read with ``Var.get()``.
 
 OUT.npz holds ``v_out`` int64 ``[N, n_out]``; with ``--probe`` also ``spikes_<k>`` bool
 ``[steps, *shape]`` (C, H, W order; index t−1 = step t) recorded by an
@@ -54,6 +58,15 @@ def _save(path: str, **arrays: np.ndarray) -> None:
         raise
 
 
+def input_delay(net_path: str) -> int:
+    """0 when the file's first layer is an input layer with a neuron, else 1 (module docstring)."""
+    with h5py.File(net_path, "r") as f:
+        first = f["layer/0"]
+        kind = np.asarray(first["type"][()]).reshape(-1)[0]
+        is_input = (kind.decode("ascii") if isinstance(kind, bytes) else str(kind)) == "input"
+        return 0 if is_input and "neuron" in first else 1
+
+
 def run(net_path: str, frames: np.ndarray, time_steps: int, input_bits: int, probe: bool) -> dict:
     """Run the samples; returns a dict of arrays (see the module docstring)."""
     from lava.lib.dl import netx
@@ -64,22 +77,26 @@ def run(net_path: str, frames: np.ndarray, time_steps: int, input_bits: int, pro
     n, t = frames.shape[:2]
     if t != time_steps:
         raise SystemExit(f"lava_run: frames have T={t}, the network expects {time_steps}")
+    delay = input_delay(net_path)
     net = netx.hdf5.Network(
         net_config=net_path,
         reset_interval=time_steps,
-        reset_offset=1,
+        reset_offset=delay,
         input_message_bits=input_bits,
     )
+    if isinstance(net.in_layer, netx.blocks.process.Input) != (delay == 0):
+        raise SystemExit(f"lava_run: {net_path}: netx built {type(net.in_layer).__name__} as the first layer")
     n_layers = len(net.layers)
-    steps = n * t + n_layers
+    lag = n_layers - 1 + delay
+    steps = n * t + lag
     seq = frames.reshape(n * t, *frames.shape[2:]).astype(np.int32)
-    seq = np.concatenate([seq, np.zeros((n_layers, *seq.shape[1:]), dtype=np.int32)])
+    seq = np.concatenate([seq, np.zeros((lag, *seq.shape[1:]), dtype=np.int32)])
     # (steps, C, H, W) → Lava's (W, H, C, steps); (steps, n) → (n, steps)
     data = np.moveaxis(seq.transpose(0, *range(seq.ndim - 1, 0, -1)), 0, -1)
     if tuple(data.shape[:-1]) != tuple(net.inp.shape):
         raise SystemExit(f"lava_run: input shape {data.shape[:-1]} (W, H, C) does not match the network's {net.inp.shape}")
     source = io.source.RingBuffer(data=data)
-    source.s_out.connect(net.inp)
+    source.s_out.connect(net.inp if delay else net.in_layer.neuron.a_in)
     sinks = []
     if probe:
         for layer in net.layers:
@@ -92,7 +109,7 @@ def run(net_path: str, frames: np.ndarray, time_steps: int, input_bits: int, pro
     started = time.time()
     try:
         for s in range(n):
-            chunk = t + n_layers if s == 0 else t
+            chunk = t + lag if s == 0 else t
             net.run(condition=RunSteps(num_steps=chunk), run_cfg=run_cfg)
             v = np.asarray(out_neuron.v.get()).astype(np.int64)
             if v.ndim == 3:

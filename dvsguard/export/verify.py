@@ -41,7 +41,7 @@ LAVA_CONV_MAC_S = 4.5e-8  # scipy convolve2d on int32 at full input resolution, 
 
 def estimate_lava_seconds(net: SimNet, n_samples: int, time_steps: int, probe: bool = True) -> float:
     """Rough wall time of :func:`run_lava` for ``n_samples`` samples (seconds)."""
-    steps = n_samples * time_steps + len(net.layers)
+    steps = n_samples * time_steps + len(net.layers) - 1 + net.input_delay
     per_step = 0.0
     processes = 2 + 2 * len(net.layers) + (len(net.layers) if probe else 0)
     per_step += processes * LAVA_STEP_PROCESS_S
@@ -50,7 +50,7 @@ def estimate_lava_seconds(net: SimNet, n_samples: int, time_steps: int, probe: b
             o, c, kh, kw = layer.weight.shape
             macs = int(np.prod(layer.in_shape[1:])) * kh * kw
             per_step += o * c * (LAVA_CONV_PAIR_S + macs * LAVA_CONV_MAC_S)
-        else:
+        elif layer.kind == "dense":
             per_step += layer.weight.size * 1e-9
     return LAVA_STARTUP_S + steps * per_step
 
@@ -152,7 +152,7 @@ def compare_lava(net: SimNet, frames: np.ndarray, lava: dict[str, Any]) -> dict[
         raise ExportError(f"Lava recorded {len(lava['spikes'])} layers, the file has {len(net.layers)}")
     per_layer = []
     for k, rec in enumerate(lava["spikes"]):
-        aligned = frame_aligned(rec, k, n, t)
+        aligned = frame_aligned(rec, k, n, t, net.input_delay)
         per_layer.append(
             {
                 "layer": k,
@@ -238,6 +238,6 @@ class LavaPredictor:
         res = run_lava(self.netfile, counts, time_steps=t, probe=True, timeout=self.timeout)
         spikes = np.zeros(n, dtype=np.int64)
         for k, rec in enumerate(res["spikes"]):
-            spikes += frame_aligned(rec, k, n, t).reshape(n, -1).sum(1)
+            spikes += frame_aligned(rec, k, n, t, self.net.input_delay).reshape(n, -1).sum(1)
         self.last_spikes = spikes
         return res["v_out"] / self.output_scale

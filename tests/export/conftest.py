@@ -14,6 +14,9 @@ from dvsguard.snn import SpikingVGG, VGGConfig
 
 CAP = 3  # count cap of the test frames
 T = 4  # frames per sample
+# netx files written by lava-dl itself, in a folder beside the project (absent where CI clones it)
+LAVA_DL_NETX = Path(__file__).resolve().parents[2].parent / "shared" / "netx"
+LAVA_DL_FILES = ("pilotnet_snn.net", "mnist.net")
 
 
 def random_counts(n: int, t: int = T, shape: tuple[int, ...] = (2, 16, 16), cap: int = CAP, density: float = 0.3, seed: int = 0) -> np.ndarray:
@@ -64,6 +67,25 @@ def tiny_model(seed: int = 0, **overrides: object) -> SpikingVGG:
 @pytest.fixture
 def tiny() -> SpikingVGG:
     return tiny_model()
+
+
+@pytest.fixture
+def lava_dl_netx() -> Path:
+    """The folder of lava-dl's own netx files (PilotNet SNN, MNIST); skip where it is absent."""
+    missing = [name for name in LAVA_DL_FILES if not (LAVA_DL_NETX / name).is_file()]
+    if missing:
+        pytest.skip(f"lava-dl's own netx files {', '.join(missing)} are absent from {LAVA_DL_NETX}")
+    return LAVA_DL_NETX
+
+
+def lava_dl_frames(name: str, shape: tuple[int, ...], n: int, t: int, seed: int = 0) -> np.ndarray:
+    """Random int64 inputs ``[n, t, *shape]`` for one of lava-dl's files: for PilotNet graded
+    values in −4..76 (what lava-dl's PilotNet data pipeline makes of images in [0, 1] with the
+    file's input transform, 2·40·x − 40 + 36), for MNIST binary spikes at a 20 % rate."""
+    rng = np.random.default_rng(seed)
+    if name == "pilotnet_snn.net":
+        return rng.integers(-4, 77, size=(n, t, *shape))
+    return (rng.random((n, t, *shape)) < 0.2).astype(np.int64)
 
 
 # --------------------------------------------------------------------------- hand-made netx

@@ -18,7 +18,7 @@ from dvsguard.export.netx import WRITERS, write_netx
 from dvsguard.export.quantize import QuantizedNet, quantize_model
 from dvsguard.snn import IFNeuron, SpikingVGG, if_spikes
 
-from .conftest import CAP, T, handmade_frames, random_counts, tiny_model, to_model_input, write_handmade
+from .conftest import CAP, LAVA_DL_FILES, T, handmade_frames, lava_dl_frames, random_counts, tiny_model, to_model_input, write_handmade
 
 
 def torch_reference(model: nn.Module, q: QuantizedNet, counts: np.ndarray) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -240,3 +240,112 @@ def test_dense_rescaling_keeps_weights_int32_and_exact(multiple: int) -> None:
     assert eff.dtype == np.int32 and exp <= 0
     s = rng.integers(0, 2, size=(40, 8))
     np.testing.assert_array_equal((eff.astype(np.int64) @ s) >> -exp, w @ s)
+
+
+# --------------------------------------------------------------------------- lava-dl's own files
+
+PILOTNET_KINDS = ["input"] + ["conv"] * 5 + ["dense"] * 4
+PILOTNET_SHAPES = [(3, 66, 200), (24, 32, 99), (36, 15, 49), (48, 7, 24), (64, 4, 22), (64, 2, 20), (100,), (50,), (10,), (1,)]
+
+
+def _file_neurons(path: Path) -> list[tuple[int, int, int]]:
+    """(vThMant, iDecay, vDecay) of every layer group with a neuron, in order, read with h5py."""
+    with h5py.File(path, "r") as f:
+        groups = [f["layer"][str(i)] for i in range(len(f["layer"]))]
+        return [tuple(int(g["neuron"][k][()]) for k in ("vThMant", "iDecay", "vDecay")) for g in groups if "neuron" in g]
+
+
+def test_lava_dl_pilotnet_loads_and_simulates(lava_dl_netx: Path) -> None:
+    """lava-dl's PilotNet SNN: an input layer with its own LOIHI neuron, five convs (one with
+    stride (2, 1) and padding (1, 0)), flatten, four dense layers; every layer but the read-out fires."""
+    path = lava_dl_netx / "pilotnet_snn.net"
+    net = load_netx(path)
+    assert [layer.kind for layer in net.layers] == PILOTNET_KINDS
+    assert [layer.out_shape for layer in net.layers] == PILOTNET_SHAPES
+    assert net.input_shape == (3, 66, 200) and net.input_delay == 0
+    assert net.input_transform == {"weight": 40, "bias": 36}
+    assert [(layer.vth, layer.i_decay, layer.v_decay) for layer in net.layers] == _file_neurons(path)
+    assert net.layers[-1].vth == 131071 and net.layers[-1].v_decay == 0 and net.layers[0].v_decay == 1024
+    assert (net.layers[4].stride, net.layers[4].padding) == ((2, 1), (1, 0))
+    assert net.layers[6].flatten and net.layers[6].in_shape == (2560,)
+    assert not net.layers[0].bias.any()  # the file's input bias is the data transform's
+    frames = lava_dl_frames("pilotnet_snn.net", net.input_shape, 2, 4)
+    sim = simulate(net, frames, record=True)
+    assert sim.v_out.shape == (2, 1) and sim.v_out.any()
+    for k, s in enumerate(sim.spikes[:-1]):
+        assert s.shape == (2, 4, *PILOTNET_SHAPES[k]) and s.any(), f"layer {k} should fire"
+    assert not any(sim.events.values()), sim.events
+
+
+def test_lava_dl_mnist_loads_and_simulates(lava_dl_netx: Path) -> None:
+    """lava-dl's MNIST network: no input layer (the input is the first dense layer's 784
+    binary inputs), three dense layers of leaky CUBA neurons."""
+    path = lava_dl_netx / "mnist.net"
+    net = load_netx(path)
+    assert [(layer.kind, layer.in_shape, layer.out_shape) for layer in net.layers] == [
+        ("dense", (784,), (128,)),
+        ("dense", (128,), (64,)),
+        ("dense", (64,), (10,)),
+    ]
+    assert net.input_shape == (784,) and net.input_delay == 1 and net.input_transform is None
+    assert [(layer.vth, layer.i_decay, layer.v_decay) for layer in net.layers] == _file_neurons(path) == [(64, 410, 410)] * 3
+    assert not any(layer.graded for layer in net.layers)
+    sim = simulate(net, lava_dl_frames("mnist.net", (784,), 3, 8), record=True)
+    assert sim.v_out.shape == (3, 10)
+    assert all(s.any() for s in sim.spikes), [int(s.sum()) for s in sim.spikes]
+
+
+@pytest.mark.parametrize("name", LAVA_DL_FILES)
+def test_lava_dl_files_step_by_step_timeline_equals_simulation(lava_dl_netx: Path, name: str) -> None:
+    """The literal Lava timeline (an input neuron integrates the source in the step it is sent,
+    a synapse one step later) gives the per-sample result, frame for frame."""
+    net = load_netx(lava_dl_netx / name)
+    n, t = 2, 3
+    frames = lava_dl_frames(name, net.input_shape, n, t, seed=1)
+    sim = simulate(net, frames, record=True)
+    st = stream(net, frames, t)
+    assert st["steps"] == n * t + len(net.layers) - 1 + net.input_delay
+    np.testing.assert_array_equal(st["v_out"], sim.v_out)
+    for k in range(len(net.layers)):
+        np.testing.assert_array_equal(frame_aligned(st["spikes"][k], k, n, t, net.input_delay), sim.spikes[k], err_msg=f"layer {k}")
+
+
+def _replace(f: h5py.File, group: str, name: str, value: object) -> None:
+    """Replace ``group/name`` in f by a dataset of ``value`` (a group of datasets for a dict, nothing for None)."""
+    g = f[group]
+    if name in g:
+        del g[name]
+    if isinstance(value, dict):
+        for key, data in value.items():
+            g.create_dataset(f"{name}/{key}", data=data)
+    elif value is not None:
+        g.create_dataset(name, data=value)
+
+
+# feature → (group, field, new value, expected message) on the hand-made file
+UNSUPPORTED = {
+    "neuron type": ("layer/1/neuron", "type", np.array([b"SDNN"]), r"layer 1 \(conv\): neuron type 'SDNN' is not supported"),
+    "graded spikes": ("layer/2/neuron", "messageBits", 16, r"layer 2 \(conv\): graded output spikes"),
+    "decay range": ("layer/4/neuron", "iDecay", 5000, r"layer 4 \(dense\): neuron iDecay 5000 is outside 0\.\.4096"),
+    "no neuron": ("layer/5", "neuron", None, r"layer 5 \(dense\): no neuron group"),
+    "delay": ("layer/4", "delay", np.ones(6, dtype=int), r"layer 4 \(dense\): synaptic delays are not supported"),
+    "recurrent layer": ("layer/5", "type", np.array([b"dense_rec"]), r"layer 5 \(dense_rec\): layer type 'dense_rec' is not supported"),
+    "complex weights": ("layer/5", "weight", {"real": np.ones((5, 6)), "imag": np.ones((5, 6))}, r"layer 5 \(dense\): complex weights"),
+    "groups": ("layer/2", "groups", 2, r"layer 2 \(conv\): groups are not supported"),
+    "neuron-wise bias": ("layer/1", "bias", np.zeros((4, 5, 4)), r"layer 1 \(conv\): bias of 80 values for 4 output channels"),
+    "late input layer": ("layer/3", "type", np.array([b"input"]), r"layer 3 \(input\): an input layer after the first layer"),
+}
+
+
+@pytest.mark.parametrize("feature", list(UNSUPPORTED))
+def test_unsupported_netx_feature_is_a_one_line_error_naming_layer_and_feature(tmp_path: Path, feature: str) -> None:
+    group, name, value, message = UNSUPPORTED[feature]
+    path = write_handmade(tmp_path / "hand.net")
+    load_netx(path)  # readable before the edit
+    with h5py.File(path, "a") as f:
+        _replace(f, group, name, value)
+    with pytest.raises(ExportError, match=message) as err:
+        load_netx(path)
+    text = str(err.value)
+    assert text.startswith(f"{path}: layer ") and "\n" not in text, text
+

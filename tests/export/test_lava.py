@@ -23,7 +23,18 @@ from dvsguard.export.netx import write_netx
 from dvsguard.export.quantize import quantize_model
 from dvsguard.export.verify import compare_lava, estimate_lava_seconds, run_lava_many
 
-from .conftest import CAP, T, handmade_frames, make_test_cache, random_counts, save_model_checkpoint, tiny_model, write_handmade
+from .conftest import (
+    CAP,
+    LAVA_DL_FILES,
+    T,
+    handmade_frames,
+    lava_dl_frames,
+    make_test_cache,
+    random_counts,
+    save_model_checkpoint,
+    tiny_model,
+    write_handmade,
+)
 
 pytestmark = pytest.mark.lava
 
@@ -95,3 +106,34 @@ def test_export_verify_command(tmp_path: Path, capsys: pytest.CaptureFixture[str
     expected = float((simulate(net, counts).v_out.argmax(1) == pred_torch).mean())
     assert v["agreement_torch"] == pytest.approx(expected)
     assert "Lava: running 3 test sample(s)" in caplog.text and "estimated" in caplog.text
+
+
+@pytest.mark.slow  # PilotNet takes 4–6 s per Lava step on two cores: about 5 minutes
+def test_lava_dl_files_run_identically_in_lava(lava_dl_netx: Path) -> None:
+    """lava-dl's own PilotNet SNN (input neuron, LOIHI neurons) and MNIST network (CUBA, no
+    input layer), random inputs of several samples at lava-dl's PilotNet sample length (16
+    steps), in one Lava process: every spike of every layer at every Lava step — the output
+    layer's among them — and every read-out voltage equal the integer simulator's."""
+    n_samples = {"pilotnet_snn.net": 3, "mnist.net": 4}
+    t = 16
+    nets = {name: load_netx(lava_dl_netx / name) for name in LAVA_DL_FILES}
+    jobs = [(lava_dl_netx / name, lava_dl_frames(name, nets[name].input_shape, n_samples[name], t, seed=3)) for name in LAVA_DL_FILES]
+    results = run_lava_many(jobs, timeout=3600)
+    for (path, frames), lava in zip(jobs, results):
+        net = nets[path.name]
+        report = compare_lava(net, frames, lava)
+        compared = sum(rec.size for rec in lava["spikes"])
+        agreeing = compared - sum(r["timeline_mismatches"] for r in report["layers"])
+        emitted = [r["spikes_lava"] for r in report["layers"]]
+        v_sim = simulate(net, frames).v_out
+        print(
+            f"{path.name}: {agreeing}/{compared} spike slots agree over {lava['steps']} Lava steps "
+            f"({sum(emitted)} spikes; per layer {emitted}); read-out voltages "
+            f"{int((lava['v_out'] == v_sim).sum())}/{v_sim.size} equal; Lava {lava['seconds']:.0f} s"
+        )
+        assert lava["steps"] == frames.shape[0] * t + len(net.layers) - 1 + net.input_delay
+        assert report["identical"], (path.name, report)
+        np.testing.assert_array_equal(lava["v_out"], v_sim)
+        hidden = emitted[:-1] if path.name == "pilotnet_snn.net" else emitted  # PilotNet's read-out never fires
+        assert all(hidden), f"{path.name}: a silent layer would make the check empty: {emitted}"
+

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -12,7 +10,9 @@ from dvsguard.export.quantize import quantize_model
 from dvsguard.export.resources import CORES_PER_CHIP, SYNMEM_WORDS, estimate, specs_from_netx
 from dvsguard.snn.vgg import SpikingVGG, VGGConfig
 
-PILOTNET = Path("/work/shared/netx/pilotnet_snn.net")
+from .conftest import LAVA_DL_NETX
+
+PILOTNET = LAVA_DL_NETX / "pilotnet_snn.net"
 # The compiler's per-layer cores (lava-dl's pilotnet_snn/benchmark.ipynb), by netx layer index.
 COMPILER_CORES = {"0": 13, "1": 25, "2": 13, "3": 3, "4": 3, "5": 2, "7": 12, "8": 1, "9": 1, "10": 1}
 
