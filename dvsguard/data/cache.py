@@ -25,7 +25,8 @@ other by name):
 
 A build writes ``<name>.h5.partial``; every ``commit_every`` samples (or 5 s) it records
 their CRCs (and peaks), marks them ``done``, flushes and fsyncs. A rerun checks the CRC of every sample
-marked done and frames only the rest (a partial file that cannot be read or written back is started afresh), so a
+marked done and frames only the rest (a partial file that cannot be read or written back, or whose header
+does not read within ``PROBE_SECONDS``, is started afresh), so a
 build killed at any moment resumes without trusting half-written data. When every recording is
 framed (or failed), the file is marked ``complete``, fsynced and renamed to its final
 name (:func:`verify_cache` re-reads every sample against its CRC on demand). Recordings that cannot be read are reported (one line each), skipped and
@@ -423,20 +424,67 @@ def _probe_writes(f: h5py.File, done: np.ndarray) -> None:
     f.flush()
 
 
+PROBE_SECONDS = 60.0
+"""How long reading a partial file's header may take before it counts as damaged: zeroed bytes
+in an HDF5 header can make the HDF5 library loop for ever while reading an attribute."""
+
+
+def _read_header(partial: Path, key: str, n: int) -> tuple[str, Any]:
+    """("other", None) for a partial of other inputs, ("ok", done [N] bool) for one of these
+    inputs, ("damaged", cause) when it cannot be read."""
+    try:
+        with h5py.File(partial, "r") as f:
+            if f.attrs.get("key") != key or f["frames"].shape[0] != n:
+                return "other", None
+            return "ok", f["done"][()].astype(bool)
+    except Exception as exc:
+        return "damaged", " ".join(str(exc).split())
+
+
+def _read_header_child(conn: Any, partial: Path, key: str, n: int) -> None:
+    conn.send(_read_header(partial, key, n))
+    conn.close()
+
+
+def _read_header_bounded(partial: Path, key: str, n: int, seconds: float) -> tuple[str, Any]:
+    """:func:`_read_header` in a child process, given up as damaged after ``seconds``."""
+    ctx = _pool_context()
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_read_header_child, args=(send, partial, key, n), daemon=True)
+    child.start()
+    send.close()
+    try:
+        if receive.poll(seconds):
+            return receive.recv()
+    except EOFError:
+        return "damaged", f"its reader stopped (exit code {child.exitcode})"
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        receive.close()
+    return "damaged", f"reading its header did not finish within {seconds:g} s"
+
+
 def _resume_state(partial: Path, key: str, n: int) -> np.ndarray | None:
     """Done mask of a usable partial file (bad samples cleared), or None to start afresh.
 
-    Usable means: built from the same inputs, readable, and writable (:func:`_probe_writes`);
-    a damaged partial file is logged as a warning and rebuilt from scratch.
+    Usable means: built from the same inputs, readable, and writable (:func:`_probe_writes`). Its
+    header is read first in a child process, so a file that makes the HDF5 library hang costs
+    :data:`PROBE_SECONDS` instead of the build. A damaged partial file is logged as a warning and
+    rebuilt from scratch.
     """
     if not partial.exists():
         return None
+    state, value = _read_header_bounded(partial, key, n, PROBE_SECONDS)
+    if state == "other":
+        log.info("%s: left by a build with other inputs; starting afresh", partial)
+        return None
     try:
+        if state == "damaged":
+            raise CacheError(value)
+        done = value
         with h5py.File(partial, "r+") as f:
-            if f.attrs.get("key") != key or f["frames"].shape[0] != n:
-                log.info("%s: left by a build with other inputs; starting afresh", partial)
-                return None
-            done = f["done"][()].astype(bool)
             bad = _bad_samples(f, np.flatnonzero(done))
             _probe_writes(f, done)
     except Exception as exc:

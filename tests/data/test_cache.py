@@ -11,12 +11,14 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
+import dvsguard.data.cache as cache_module
 from dvsguard.data.cache import (
     FORMAT_VERSION,
     build_cache,
@@ -202,6 +204,39 @@ def test_unreadable_partial_file_is_started_afresh(tmp_path: Path, items: list[t
     path.with_name(path.name + ".partial").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
     result = build(path, items)
     assert result.n_resumed == 0 and result.n_samples == len(items)
+
+
+def test_partial_file_that_hangs_the_hdf5_reader_is_rebuilt(tmp_path: Path, items: list[tuple[Path, int]],
+                                                           caplog: pytest.LogCaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Zeroed bytes in the global heap that holds the file's strings make HDF5 loop for ever while
+    reading the ``key`` attribute: the header is read in a child process, given up after
+    PROBE_SECONDS, and the cache is rebuilt instead of the build hanging."""
+    path = tmp_path / "c.h5"
+    seen: list[int] = []
+
+    def stop(i: int) -> None:
+        seen.append(i)
+        if len(seen) == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build(path, items, commit_every=2, on_sample=stop)
+    partial = path.with_name(path.name + ".partial")
+    data = bytearray(partial.read_bytes())
+    heap = data.index(b"GCOL\x01")  # the global heap collection of the variable-length strings
+    data[heap + 16 : heap + 32] = b"\0" * 16
+    partial.write_bytes(bytes(data))
+    monkeypatch.setattr(cache_module, "PROBE_SECONDS", 10.0)
+    t0 = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="dvsguard.data.cache"):
+        result = build(path, items)
+    assert "did not finish within 10 s" in caplog.text and str(partial) in caplog.text
+    assert result.n_resumed == 0 and result.n_samples == len(items) and not result.failed
+    assert time.monotonic() - t0 < 60
+    clean = tmp_path / "clean.h5"
+    build(clean, items)
+    assert read_all(path)["frames"].tobytes() == read_all(clean)["frames"].tobytes()
 
 
 def test_partial_file_that_cannot_be_written_is_rebuilt(tmp_path: Path, items: list[tuple[Path, int]],
