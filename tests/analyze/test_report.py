@@ -106,6 +106,8 @@ def test_deployed_figure_draws_both_curves_from_the_clean_point() -> None:
                                                                "0", "0", "4", "0", "0", "4"])
     colours = {line.get_label(): line.get_color() for line in [*left.get_lines(), *right.get_lines()]}
     assert colours["vanilla: PGD10"] == colours["vanilla: greedy"] != colours["sr-star: greedy"]
+    alone, _ = deployed_robustness_figure({}, events).axes  # no float-frame attack recorded: said, not drawn
+    assert not alone.get_lines() and [t.get_text() for t in alone.texts] == ["no float-frame attack recorded"]
 
 
 def test_training_run_folder_alone(run_dir: Path) -> None:
