@@ -11,7 +11,8 @@ both as the paper's four-member ensemble (triangle γ=1, sigmoid γ=4, atan γ=2
 exhaustively (every member attacks every sample: the cost of the attack itself) and with the
 attack stage's early exit (a member attacks only the samples no earlier member fooled: what a run
 costs, which depends on how robust the model is). It prints each throughput and the ratio event /
-PGD for both.
+PGD for both, and the clean inference throughput of the float model and of the integer network
+(each ensemble member's examples are judged once by the integer network).
 
 Without ``--checkpoint`` it first trains a vanilla ``small`` model with ``dvsguard.train`` on the
 embedded digits (``synth``: 20 recordings per class, 32×32 sensor and frames, T = 10, 4 epochs),
@@ -129,15 +130,19 @@ def main() -> None:
         event_attack = make_event_attack("greedy", EventBudget(args.budget, cap), step_events=args.step_events,
                                          seed=args.seed)
         pgd = make_attack("pgd10", parse_eps(args.eps), seed=args.seed)
-        clean = float((predict(model, x) == y).float().mean())
-        clean_int = float((predict(judge, x) == y).float().mean())
+        event_attack(model, x[:, :2], y[:2], sample_ids=ids[:2])  # warm-up of every path
+        pgd(model, x[:, :2], y[:2], sample_ids=ids[:2])
+        predict(judge, x[:, :2])
+        pred, float_sps = throughput(lambda: predict(model, x), int(y.shape[0]))
+        pred_int, int_sps = throughput(lambda: predict(judge, x), int(y.shape[0]))
+        clean, clean_int = float((pred == y).float().mean()), float((pred_int == y).float().mean())
         print(f"model {model.cfg.channels} head {model.cfg.head}, input [T={x.shape[0]}, B={x.shape[1]}, 2, "
               f"{x.shape[-2]}, {x.shape[-1]}], count cap {cap}; clean accuracy float {clean:.3f}, integer network "
               f"{clean_int:.3f}; torch threads {torch.get_num_threads()}")
-        event_attack(model, x[:, :2], y[:2], sample_ids=ids[:2])  # warm-up of both paths
-        pgd(model, x[:, :2], y[:2], sample_ids=ids[:2])
+        print(f"inference: float model {float_sps:.1f} samples/s, integer network (intsim) {int_sps:.1f} samples/s")
         results = {"budget_events": args.budget, "step_events": args.step_events, "eps": args.eps, "n": args.n,
-                   "clean_accuracy": clean, "clean_accuracy_integer": clean_int}
+                   "clean_accuracy": clean, "clean_accuracy_integer": clean_int,
+                   "float_inference_samples_per_s": round(float_sps, 2), "integer_inference_samples_per_s": round(int_sps, 2)}
         for label, early in (("exhaustive", False), ("early_exit", True)):
             row = measure(model, judge, x, y, ids, event_attack, pgd, early)
             print(f"{label}: greedy events at {args.budget} on the integer network {row['event_samples_per_s']:.2f} "
