@@ -253,12 +253,14 @@ def report(s: Setting, seeds: list[int], per_seed: list[dict[str, Any]], seconds
 
 
 def run_quickstart(seeds: list[int], work: Path) -> str:
-    """Run pipelines/quickstart.toml once per seed; its clean and white-box PGD10 accuracies and time."""
+    """Run pipelines/quickstart.toml once per seed; its clean and white-box PGD10 accuracies and time, and the
+    deployed event curve of each model when the quickstart draws one."""
     from dvsguard.pipeline import load_pipeline, run_pipeline
 
     text = (ROOT / "pipelines" / "quickstart.toml").read_text()
     rows = ["| seed | vanilla clean | SR* clean | vanilla PGD10 | SR* PGD10 | margin | minutes |", "|---|" + "---:|" * 6]
     figures: dict[str, list[float]] = {k: [] for k in ("vc", "sc", "vp", "sp")}
+    curves: dict[tuple[str, str, int], list[tuple[float, float | None]]] = {}
     for seed in seeds:
         run_dir = work / f"quickstart-seed{seed}"
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -281,9 +283,40 @@ def run_quickstart(seeds: list[int], work: Path) -> str:
             figures[k].append(v)
         rows.append(f"| {seed} | {vc:.1f} | {sc:.1f} | {vp:.1f} | {sp:.1f} | {sp - vp:+.1f} | {minutes:.1f} |")
         print(rows[-1], flush=True)
+        collect_event_curves(run_dir / "run", ("vanilla", "sr-star"), curves)
     rows.append(f"| mean ± sd | {mean_sd(figures['vc'])} | {mean_sd(figures['sc'])} | {mean_sd(figures['vp'])} | "
                 f"{mean_sd(figures['sp'])} | {mean_sd([a - b for a, b in zip(figures['sp'], figures['vp'])])} | |")
-    return "Quickstart (white-box ensemble PGD10 at its reported ε), accuracy in %:\n\n" + "\n".join(rows)
+    text = "Quickstart (white-box ensemble PGD10 at its reported ε), accuracy in %:\n\n" + "\n".join(rows)
+    return text + ("\n\n" + event_curve_table(curves) if curves else "")
+
+
+def collect_event_curves(run: Path, models: tuple[str, ...],
+                         curves: dict[tuple[str, str, int], list[tuple[float, float | None]]]) -> None:
+    """Append each deployed model's (accuracy %, float disagreement %) per (model, attack, budget) to ``curves``.
+
+    Reads ``run/deployed/<model>/attack_events.json`` (the integer network's event curve); a run
+    without one adds nothing.
+    """
+    for model in models:
+        path = run / "deployed" / model / "attack_events.json"
+        if not path.is_file():
+            continue
+        for r in json.loads(path.read_text())["results"]:
+            disagree = r.get("float_disagreement")
+            curves.setdefault((model, r["attack"], r["budget"]), []).append(
+                (100 * r["accuracy"], None if disagree is None else 100 * disagree))
+
+
+def event_curve_table(curves: dict[tuple[str, str, int], list[tuple[float, float | None]]]) -> str:
+    """The deployed curve as mean ± sd over the seeds: integer-network accuracy and float disagreement (%)."""
+    rows = ["| model | attack | events per sample | integer network accuracy | float disagreement | seeds |",
+            "|---|---|---:|---:|---:|---:|"]
+    for (model, attack, budget), points in curves.items():
+        disagree = [d for _, d in points if d is not None]
+        rows.append(f"| {model} | {attack} | {budget} | {mean_sd([a for a, _ in points])} | "
+                    f"{mean_sd(disagree) if disagree else '—'} | {len(points)} |")
+    return ("Quickstart deployed curve (each model exported, greedy and random events judged on its integer "
+            "network), in %:\n\n" + "\n".join(rows))
 
 
 def lambda_sweep(s: Setting, seed: int, work: Path) -> str:

@@ -77,6 +77,9 @@ eps = ["8/255", "16/255"]
 limit = 20
 batch = 4
 black_box = true
+event_budgets = [4, 16]
+event_limit = 10
+step_events = 4
 
 [analyze]
 limit = 4
@@ -99,7 +102,8 @@ enabled = true
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A tiny pipeline run in this process through every stage the runner chains (synth → preprocess →
-    train ×2 → attack white and black box → analyze → export with compare → report), once per session.
+    train ×2 → attack white and black box → deployed (netx export and event curve) ×2 → analyze → export with
+    compare → report), once per session.
 
     Returns ``run_pipeline``'s result (``run_dir``, ``stages``, ``results`` per stage).
     """

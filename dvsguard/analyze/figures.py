@@ -321,6 +321,83 @@ def robust_vs_eps_figure(records: Sequence[Mapping[str, Any]], eps_list: Sequenc
     return fig
 
 
+def _frame_panel(ax: Any, frames: Mapping[str, Sequence[Mapping[str, Any]]], colors: Sequence[Any]) -> None:
+    """White-box robust accuracy (%) against ε·255 per model and attack, from ε = 0 (clean)."""
+    styles = ("-", "--", ":", "-.")
+    drawn = False
+    for color, (model, records) in zip(colors, frames.items()):
+        clean = next((r["accuracy"] for r in records if r["attack"] == "clean" and r["setting"] == "white"), None)
+        attacks = [a for a in dict.fromkeys(r["attack"] for r in records) if a != "clean"]
+        for i, name in enumerate(attacks):
+            points = sorted((r["eps"], r["accuracy"]) for r in records
+                            if r["attack"] == name and r["setting"] == "white")
+            if clean is not None:
+                points = [(0.0, clean), *points]
+            ax.plot([255 * e for e, _ in points], [100 * a for _, a in points], styles[i % len(styles)], marker="o",
+                    color=color, label=f"{model}: {name.upper()}")
+            drawn = True
+    if not drawn:
+        _empty_note(ax, "no float-frame attack recorded")
+    ax.set_xlabel("ε (×1/255 of the frame range)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Float model, float frames (white box)")
+
+
+def _event_panel(ax: Any, events: Mapping[str, Sequence[Mapping[str, Any]]], colors: Sequence[Any]) -> None:
+    """Integer-network robust accuracy (%) against the event budget per model and attack, from 0 (clean);
+    each attacked point is labelled with the share (%) of samples the float model classifies differently."""
+    styles = {"greedy": ("-", "o"), "random": ("--", "s")}
+    budgets = [r["budget"] for rows in events.values() for r in rows if r["budget"] > 0]
+    for color, (model, records) in zip(colors, events.items()):
+        clean = next((r["accuracy"] for r in records if r["attack"] == "clean"), None)
+        attacks = [a for a in dict.fromkeys(r["attack"] for r in records) if a != "clean"]
+        for i, name in enumerate(attacks):
+            rows = sorted((r for r in records if r["attack"] == name), key=lambda r: r["budget"])
+            xs = ([0] if clean is not None else []) + [r["budget"] for r in rows]
+            ys = ([100 * clean] if clean is not None else []) + [100 * r["accuracy"] for r in rows]
+            line, marker = styles.get(name, ("-.", "^"))
+            ax.plot(xs, ys, line, marker=marker, color=color, label=f"{model}: {name}")
+            for r in rows:
+                if r.get("float_disagreement") is not None:
+                    ax.annotate(f"{100 * r['float_disagreement']:.0f}", (r["budget"], 100 * r["accuracy"]),
+                                textcoords="offset points", xytext=(0, 5), ha="center", fontsize=6, color=color)
+    if budgets:
+        from matplotlib.ticker import NullLocator
+
+        ticks = sorted({0, *budgets})
+        ax.set_xscale("symlog", linthresh=min(budgets))
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.xaxis.set_minor_locator(NullLocator())
+    else:
+        _empty_note(ax, "no event attack recorded")
+    ax.set_xlabel("event budget (events inserted + deleted per sample)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Integer network, events (labels: float disagrees, %)")
+
+
+def deployed_robustness_figure(frames: Mapping[str, Sequence[Mapping[str, Any]]],
+                               events: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure:
+    """Float-frame robustness against ε beside the exported integer network's against the event budget.
+
+    ``frames[model]``: the attack stage's result rows (``attack``, ``eps`` in frame units, ``setting``,
+    ``accuracy`` in [0, 1]); ``events[model]``: the event attack's rows (``attack``, ``budget`` in events
+    per sample, ``accuracy`` in [0, 1] on the integer network, ``float_disagreement`` in [0, 1]). One
+    colour per model, in the order of ``events`` then ``frames``.
+    """
+    fig = _figure(11, 4.2)
+    left, right = fig.subplots(1, 2, sharey=True)
+    models = list(dict.fromkeys([*events, *frames]))
+    color = dict(zip(models, _colors(len(models))))
+    _frame_panel(left, frames, [color[m] for m in frames])
+    _event_panel(right, events, [color[m] for m in events])
+    for ax in (left, right):
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    return fig
+
+
 def axis_labels(fig: Figure) -> list[tuple[str, str]]:
     """``(xlabel, ylabel)`` of every axes of ``fig`` (for checks)."""
     return [(ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes]

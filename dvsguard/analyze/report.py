@@ -5,6 +5,7 @@ A run folder as the pipeline runner makes it::
     RUN_DIR/pipeline_state.json   stage → {"result": the stage command's JSON, ...}
     RUN_DIR/train/<name>/         config.json, metrics.jsonl, best.pt, last.pt
     RUN_DIR/attack/<name>/        attack.json, attack.md, *.png
+    RUN_DIR/deployed/<name>/      <name>.net and manifest, attack_events.json (the integer network's event curve)
     RUN_DIR/analyze/              analysis.json, *.png
     RUN_DIR/export/               *.json (manifest, verification)
 
@@ -33,6 +34,7 @@ from dvsguard.units import eps_label
 log = logging.getLogger(__name__)
 
 HTML_NAME, MD_NAME, ASSETS = "report.html", "report.md", "report_files"
+EVENTS_JSON = "attack_events.json"
 ANALYSIS_FIGURES = (
     ("vulnerability.png", "Random vs adversarial perturbation (Fig. 1)"),
     ("theorem.png", "Theorem 4.3 measured: predicted vs measured ρ_adv/ρ_rand"),
@@ -100,6 +102,7 @@ class RunLayout:
     analyze: Path | None
     export: Path | None
     extra_analyses: dict[str, Path] = field(default_factory=dict)  # train/<name>/analysis folders
+    deployed: dict[str, Path] = field(default_factory=dict)  # deployed/<name> folders (event curves)
 
 
 _READ: list[Path] = []  # the files read by the section being built, to name one when its content is malformed
@@ -172,10 +175,12 @@ def discover(run_dir: str | os.PathLike[str]) -> RunLayout:
     attack = _subdirs(root / "attack")
     analyze = root / "analyze" if (root / "analyze").is_dir() else None
     export = root / "export" if (root / "export").is_dir() else None
-    if state is None and not (train or attack or analyze or export):
-        raise ConfigError(f"{root}: not a run folder (no pipeline_state.json, train/, attack/, analyze/, export/ or metrics.jsonl)")
+    deployed = {k: v for k, v in _subdirs(root / "deployed").items() if (v / EVENTS_JSON).is_file()}
+    if state is None and not (train or attack or analyze or export or deployed):
+        raise ConfigError(f"{root}: not a run folder (no pipeline_state.json, train/, attack/, deployed/, analyze/, "
+                          f"export/ or metrics.jsonl)")
     extra = {name: folder / "analysis" for name, folder in train.items() if (folder / "analysis").is_dir()}
-    return RunLayout(root, "pipeline", state, train, attack, analyze, export, extra)
+    return RunLayout(root, "pipeline", state, train, attack, analyze, export, extra, deployed)
 
 
 # ----------------------------------------------------------------------------- formatting helpers
@@ -371,6 +376,46 @@ def attack_section(layout: RunLayout) -> Section | None:
         if not sub.items:
             sub.items.append(Text("no attack.json, attack.md or figure in this folder yet"))
         sec.items.append(sub)
+    return sec
+
+
+DEPLOYED_TITLE = "Deployed robustness against event budgets"
+
+
+def deployed_section(layout: RunLayout, assets: Path) -> Section | None:
+    """The event curve of each deployed model's integer network beside its float-frame curve, and their table."""
+    if not layout.deployed:
+        return None
+    from dvsguard.analyze.figures import deployed_robustness_figure, save_png
+
+    events: dict[str, list[dict[str, Any]]] = {}
+    judges: dict[str, str] = {}
+    for name, folder in layout.deployed.items():
+        doc = _read_json(folder / EVENTS_JSON)
+        if isinstance(doc, dict) and isinstance(doc.get("results"), list):
+            events[name] = doc["results"]
+            judges[name] = f"{name}: {doc.get('n_samples', '?')} samples, judged on the {doc.get('judge', '?')}"
+    if not events:
+        return Section(DEPLOYED_TITLE, [Text("no readable attack_events.json in deployed/ yet")])
+    frames = {}
+    for name, folder in layout.attack.items():
+        doc = _read_json(folder / "attack.json") if (folder / "attack.json").is_file() else None
+        if isinstance(doc, dict) and isinstance(doc.get("results"), list):
+            frames[name] = doc["results"]
+    png = save_png(deployed_robustness_figure(frames, events), assets / "deployed_robustness.png")
+    sec = Section(DEPLOYED_TITLE, [
+        Text("Each model exported to lava-dl netx and attacked with whole events (budget: events inserted plus "
+             "deleted per sample, on the integer counts per frame bin); an example succeeds when the exported "
+             "integer network misclassifies it. Float disagreement: the share of samples whose adversarial frames "
+             "the float model classifies differently from the integer network. " + "; ".join(judges.values()) + "."),
+        Image(png, "Robust accuracy against ε on float frames (float model, white box) and against the event "
+                   "budget (integer network; labels: float disagreement, %)"),
+    ])
+    rows = [[name, str(r["attack"]), str(r["budget"]), _pct(r["accuracy"]), _pct(r.get("float_disagreement")),
+             fmt(r.get("events_per_attacked_sample")), fmt(r.get("total"))]
+            for name, records in events.items() for r in records]
+    sec.items.append(Table(["model", "attack", "events per sample", "integer network accuracy (%)",
+                            "float disagreement (%)", "events spent per attacked sample", "samples"], rows))
     return sec
 
 
@@ -574,7 +619,8 @@ def build_report(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     root = layout.root
     assets = root / ASSETS
     builders = [lambda: overview_section(layout), lambda: training_section(layout, assets),
-                lambda: attack_section(layout), lambda: analysis_section(layout.analyze),
+                lambda: attack_section(layout), lambda: deployed_section(layout, assets),
+                lambda: analysis_section(layout.analyze),
                 *[lambda f=folder, n=name: analysis_section(f, f"Analysis: {n}")
                   for name, folder in layout.extra_analyses.items()],
                 lambda: export_section(layout.export, layout.state)]

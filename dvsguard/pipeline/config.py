@@ -13,7 +13,9 @@ file, the key and what was expected; ε may be a number or a fraction such as ``
                          # (size is the frame size; sensor_size, synth's sensor side in pixels, defaults to it)
 [[train]]                # name; init = an earlier run's name to start from; the options of train
 [attack]                 # models (train names), black_box (each model is the next one's source), black_box_source
-                         # (one train name: the source of every model's black-box rows); attack's options
+                         # (one train name: the source of every model's black-box rows); attack's options and
+                         # deployed's: event_budgets = [8, 32, 128] adds, per model, the event curve of its
+                         # exported integer network (event_attacks, event_limit, step_events, ...)
 [analyze]                # models (train names); analyze's options
 [export]                 # model (a train name); export's options
 [report]                 # enabled
@@ -52,7 +54,7 @@ OWN_KEYS: dict[str, dict[str, tuple[type, Any]]] = {
 """Keys of the pipeline itself: (type, default); a default of REQUIRED marks a mandatory key."""
 
 SECTION_STAGES: dict[str, tuple[str, ...]] = {
-    "pipeline": (), "data": ("synth", "preprocess"), "train": ("train",), "attack": ("attack",),
+    "pipeline": (), "data": ("synth", "preprocess"), "train": ("train",), "attack": ("attack", "deployed"),
     "analyze": ("analyze",), "export": ("export",), "report": (),
 }
 """The stages whose options a section sets."""
@@ -184,6 +186,8 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
         if not attack["black_box"]:
             raise ConfigError(f"{file}: [attack] key 'black_box_source' names a black-box source but 'black_box' is "
                               f"false: drop one of them")
+    if attack is not None:
+        _check_deployed(file, attack)
     if sections["export"] is not None:
         _check_names(file, "export", "model", [sections["export"]["model"]], names)
 
@@ -212,6 +216,18 @@ def _resolve_data(file: Path, data: dict[str, Any], base: Path) -> dict[str, Any
         if data.get(key) is not None:
             data[key] = data[key] if data[key].is_absolute() else base / data[key]
     return data
+
+
+def _check_deployed(file: Path, attack: dict[str, Any]) -> None:
+    """Options of the deployed curve alone (``event_limit``) are refused without ``event_budgets``, which enables it."""
+    if "event_budgets" in attack:
+        return
+    frames = {f.name for f, _, _ in fields(stages.attack.Config)}
+    alone = [f.name for f, opt, _ in fields(stages.deployed.Config)
+             if not opt.wired and f.name not in frames and f.name in attack]
+    if alone:
+        raise ConfigError(f"{file}: [attack] key '{alone[0]}' sets the event curve of the deployed models: add "
+                          f"'event_budgets' to draw it")
 
 
 def _check_names(file: Path, section: str, key: str, given: list[Any] | None, names: list[str]) -> None:

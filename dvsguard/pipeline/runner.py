@@ -140,6 +140,8 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
                 return [ckpts[model](r)] + ([ckpts[source](r)] if source else [])
 
             out.append(Stage(f"attack:{model}", "attack", stages.attack, attack_values, attack_inputs, out_dir=folder))
+        if "event_budgets" in a:
+            out += [_deployed_stage(cfg, model, ckpts[model]) for model in names]
 
     if cfg.analyze is not None:
         z = cfg.analyze
@@ -165,6 +167,18 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     if cfg.report is not None and cfg.report["enabled"]:
         out.append(Stage("report", "report", stages.report, lambda r: {"run_dir": run}, inputs=_report_inputs))
     return out
+
+
+def _deployed_stage(cfg: PipelineConfig, model: str, checkpoint: Callable[[Results], str]) -> Stage:
+    """``deployed:<model>``: export ``model`` into ``RUN_DIR/deployed/<model>/`` and draw its event curve there."""
+    folder = cfg.run_dir / "deployed" / model
+    a = cfg.attack or {}
+
+    def values(r: Results) -> dict[str, Any]:
+        return {"checkpoint": checkpoint(r), "cache": _cache(r), "out": folder, "name": model,
+                "protocol": cfg.protocol, **_options(a, stages.deployed, cfg.seed)}
+
+    return Stage(f"deployed:{model}", "attack", stages.deployed, values, lambda r: [checkpoint(r)], out_dir=folder)
 
 
 def _report_inputs(results: Results) -> list[str]:

@@ -8,13 +8,14 @@ imports what it needs.
 
 from types import ModuleType
 
-from dvsguard.stages import analyze, attack, export, predict, preprocess, report, synth, train
+from dvsguard.stages import analyze, attack, deployed, export, predict, preprocess, report, synth, train
 
 STAGES: dict[str, ModuleType] = {
     "synth": synth,
     "preprocess": preprocess,
     "train": train,
     "attack": attack,
+    "deployed": deployed,
     "export": export,
     "predict": predict,
     "analyze": analyze,

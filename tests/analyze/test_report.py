@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dvsguard.analyze.figures import PNG_MAGIC, save_png, vulnerability_figure
+from dvsguard.analyze.figures import PNG_MAGIC, axis_labels, deployed_robustness_figure, save_png, vulnerability_figure
 from dvsguard.analyze.report import build_report, discover, markdown_tables
 from dvsguard.errors import ConfigError
 
@@ -52,11 +52,13 @@ def _img_srcs(page: str) -> list[str]:
 
 def test_full_run_report_embeds_every_image(run_dir: Path) -> None:
     result = build_report(run_dir)
-    assert result["sections"] == ["Run", "Training", "Robustness", "Analysis", "Export"]
+    assert result["sections"] == ["Run", "Training", "Robustness", "Deployed robustness against event budgets",
+                                  "Analysis", "Export"]
     page = Path(result["html"]).read_text()
     srcs = _img_srcs(page)
     n_train = len(list(run_dir.glob("train/*/metrics.jsonl")))
-    assert len(srcs) == result["images"] == n_train + len(_stage_pngs(run_dir))  # one training-curve figure per run
+    # one training-curve figure per run, the stages' own figures and the deployed-robustness figure
+    assert len(srcs) == result["images"] == n_train + len(_stage_pngs(run_dir)) + 1
     embedded = {base64.b64decode(src.split(",", 1)[1]) for src in srcs if src.startswith("data:image/png;base64,")}
     assert len(embedded) == len(srcs)
     assert {p.read_bytes() for p in _stage_pngs(run_dir)} <= embedded  # the stages' own PNGs, byte for byte
@@ -77,6 +79,37 @@ def test_full_run_report_embeds_every_image(run_dir: Path) -> None:
         assert (run_dir / link).read_bytes()[:8] == PNG_MAGIC
 
 
+def _event_rows(clean: float, greedy: list[float], random: list[float], disagree: list[float]) -> list[dict]:
+    rows = [{"attack": "clean", "budget": 0, "accuracy": clean}]
+    for name, accs in (("greedy", greedy), ("random", random)):
+        rows += [{"attack": name, "budget": b, "accuracy": a, "float_disagreement": d}
+                 for b, a, d in zip((8, 32, 128), accs, disagree)]
+    return rows
+
+
+def test_deployed_figure_draws_both_curves_from_the_clean_point() -> None:
+    frames = {"vanilla": [{"attack": "clean", "eps": 0.0, "setting": "white", "accuracy": 0.9},
+                          {"attack": "pgd10", "eps": 8 / 255, "setting": "white", "accuracy": 0.1},
+                          {"attack": "pgd10", "eps": 8 / 255, "setting": "black", "accuracy": 0.5}]}
+    events = {"vanilla": _event_rows(0.9, [0.5, 0.2, 0.0], [0.9, 0.8, 0.7], [0.0, 0.02, 0.1]),
+              "sr-star": _event_rows(0.8, [0.7, 0.5, 0.3], [0.8, 0.8, 0.8], [0.0, 0.0, 0.04])}
+    fig = deployed_robustness_figure(frames, events)
+    left, right = fig.axes
+    assert axis_labels(fig) == [("ε (×1/255 of the frame range)", "accuracy (%)"),
+                                ("event budget (events inserted + deleted per sample)", "accuracy (%)")]
+    (pgd,) = left.get_lines()  # the white box only, from the clean point
+    assert list(pgd.get_xdata()) == [0.0, 8.0] and list(pgd.get_ydata()) == pytest.approx([90.0, 10.0])
+    curves = {line.get_label(): list(line.get_ydata()) for line in right.get_lines()}
+    assert curves["vanilla: greedy"] == pytest.approx([90.0, 50.0, 20.0, 0.0])
+    assert curves["sr-star: random"] == pytest.approx([80.0, 80.0, 80.0, 80.0])
+    assert sorted(t.get_text() for t in right.texts) == sorted(["0", "2", "10", "0", "2", "10",
+                                                               "0", "0", "4", "0", "0", "4"])
+    colours = {line.get_label(): line.get_color() for line in [*left.get_lines(), *right.get_lines()]}
+    assert colours["vanilla: PGD10"] == colours["vanilla: greedy"] != colours["sr-star: greedy"]
+    alone, _ = deployed_robustness_figure({}, events).axes  # no float-frame attack recorded: said, not drawn
+    assert not alone.get_lines() and [t.get_text() for t in alone.texts] == ["no float-frame attack recorded"]
+
+
 def test_training_run_folder_alone(run_dir: Path) -> None:
     folder = run_dir / "train" / "vanilla"
     (folder / "analysis").mkdir()
@@ -92,7 +125,8 @@ def test_analysis_beside_a_checkpoint_in_a_pipeline_run(run_dir: Path) -> None:
     before = build_report(run_dir)["images"]
     _png(run_dir / "train" / "sr" / "analysis" / "theorem.png")
     result = build_report(run_dir)
-    assert result["sections"] == ["Run", "Training", "Robustness", "Analysis", "Analysis: sr", "Export"]
+    assert result["sections"] == ["Run", "Training", "Robustness", "Deployed robustness against event budgets",
+                                  "Analysis", "Analysis: sr", "Export"]
     assert result["images"] == before + 1
 
 

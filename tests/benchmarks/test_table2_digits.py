@@ -35,3 +35,23 @@ def test_tiny_table2_has_every_cell_and_every_model_beats_chance(tmp_path: Path,
     table = doc["table"]
     for name in ("Vanilla", "AT (FGSM)", "SR", "SR*", "±", "paired t test", "Took"):
         assert name in table
+
+
+def test_quickstart_event_curve_is_mean_and_sd_over_the_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = importlib.util.spec_from_file_location("table2_digits", ROOT / "benchmarks" / "table2_digits.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "table2_digits", bench)
+    spec.loader.exec_module(bench)
+    curves: dict = {}
+    for seed, (greedy, disagree) in enumerate(((0.5, 0.0), (0.7, 0.1))):
+        folder = tmp_path / f"seed{seed}" / "deployed" / "vanilla"
+        folder.mkdir(parents=True)
+        rows = [{"attack": "clean", "budget": 0, "accuracy": 0.9},
+                {"attack": "greedy", "budget": 32, "accuracy": greedy, "float_disagreement": disagree}]
+        (folder / "attack_events.json").write_text(json.dumps({"results": rows}))
+        bench.collect_event_curves(tmp_path / f"seed{seed}", ("vanilla", "sr-star"), curves)
+    table = bench.event_curve_table(curves)
+    assert "| vanilla | clean | 0 | 90.0 ± 0.0 | — | 2 |" in table
+    assert "| vanilla | greedy | 32 | 60.0 ± 14.1 | 5.0 ± 7.1 | 2 |" in table
+    assert "sr-star" not in table

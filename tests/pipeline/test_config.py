@@ -161,6 +161,10 @@ def test_bad_fine_tuning_keys_name_file_and_key(tmp_path: Path, extra: str, mess
     ('defense = "sr"\n[attack]\nattacks = ["clean", "deepfool"]', "stage attack:a: unknown attack 'deepfool'"),
     ('defense = "sr"\n[analyze]\ngrad_mode = "zigzag:1"', "stage analyze:"),
     ('defense = "sr"\n[export]\nmodel = "a"\nverify = -1', "[export] key 'verify': must be >= 0"),
+    ('defense = "sr"\n[attack]\nevent_budgets = [8]\nevent_attacks = ["clean", "flicker"]', "stage deployed:a: "),
+    ('defense = "sr"\n[attack]\nevent_budgets = []', "stage deployed:a: --event-budgets: give at least one"),
+    ('defense = "sr"\n[attack]\nevent_budgets = [-1]', "[attack] key 'event_budgets': must be >= 0"),
+    ('defense = "sr"\n[attack]\nevent_limit = 5', "[attack] key 'event_limit' sets the event curve of the deployed"),
 ])
 def test_every_setting_is_checked_before_anything_runs(tmp_path: Path, extra: str, message: str | None) -> None:
     """A bad setting of any stage stops the pipeline before the data stages run (nothing is written)."""
@@ -192,3 +196,24 @@ def test_one_black_box_source_for_every_model(tmp_path: Path) -> None:
     rows = {r["stage"]: r["command"] for r in plan(cfg)}
     assert rows["attack:a"][rows["attack:a"].index("--source") + 1] == "<train:b.checkpoint>"
     assert rows["attack:src"][rows["attack:src"].index("--source") + 1] == "<train:a.checkpoint>"
+
+
+def test_event_budgets_add_a_deployed_stage_per_attacked_model(tmp_path: Path) -> None:
+    """[attack] event_budgets: after the attacks, each attacked model is exported and its event curve drawn."""
+    runs = '[[train]]\nname = "b"\ndefense = "vanilla"\nepochs = 1\n'
+    keys = '[attack]\nevent_budgets = [4, 16]\nevent_limit = 5\nstep_events = 2\n'
+    rows = {r["stage"]: r["command"] for r in plan(load_pipeline(write(tmp_path, MINIMAL + runs + keys)))}
+    assert list(rows)[-4:] == ["attack:a", "attack:b", "deployed:a", "deployed:b"]
+    for model in ("a", "b"):
+        assert rows[f"deployed:{model}"] == [
+            "dvsguard", "deployed", f"<train:{model}.checkpoint>", "--cache", "<preprocess.train>",
+            "--event-budgets", "4,16", "--event-limit", "5", "--step-events", "2", "--protocol", "events",
+            "--out", str(tmp_path / "run" / "deployed" / model), "--name", model]
+    rows = {r["stage"] for r in plan(load_pipeline(write(tmp_path, MINIMAL + runs + "[attack]\n")))}
+    assert not any(stage.startswith("deployed:") for stage in rows)
+
+
+def test_the_event_curve_refuses_the_paper_protocol_before_anything_runs(tmp_path: Path) -> None:
+    text = MINIMAL.replace('name = "t"\n', 'name = "t"\nprotocol = "paper"\n', 1) + "[attack]\nevent_budgets = [8]\n"
+    with pytest.raises(ConfigError, match="stage deployed:a: --protocol paper: the paper protocol's frames"):
+        plan(load_pipeline(write(tmp_path, text)))

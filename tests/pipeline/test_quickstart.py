@@ -52,3 +52,28 @@ def test_quickstart_pipeline(tmp_path: Path) -> None:
           f"Lava identical on {verify['n']}: {verify['identical']}")
     assert compare["n"] == 100 and compare["agreement"] >= 0.99, compare
     assert verify["n"] == 1 and verify["identical"] and verify["v_out_mismatches"] == 0, verify
+    for name in ("vanilla", "sr-star"):
+        check_event_curve(name, result["results"][f"deployed:{name}"], run_dir)
+    assert "Deployed robustness against event budgets" in (run_dir / "report.md").read_text()
+
+
+def check_event_curve(name: str, deployed: dict, run_dir: Path) -> None:
+    """The deployed curve of ``name``: 50 samples, each budget spent within bounds, guided events beat random ones."""
+    events = deployed["events"]
+    state = json.loads((run_dir / "pipeline_state.json").read_text())["stages"][f"deployed:{name}"]
+    rows = {(r["attack"], r["budget"]): r for r in events["results"]}
+    curve = ", ".join(f"{a} {b}: {100 * r['accuracy']:.0f} % (float disagrees {100 * r['float_disagreement']:.0f} %)"
+                      for (a, b), r in rows.items() if a != "clean")
+    print(f"{name} integer network, clean {100 * events['clean_accuracy']:.0f} %; {curve}; "
+          f"{state['finished'] - state['started']:.0f} s")
+    assert Path(deployed["net"]).parent == run_dir / "deployed" / name and events["judge"].startswith("integer network")
+    assert events["n_samples"] == 50 and events["budgets"] == [8, 32, 128]
+    assert set(rows) == {("clean", 0)} | {(a, b) for a in ("greedy", "random") for b in (8, 32, 128)}
+    clean = rows[("clean", 0)]
+    assert clean["accuracy"] >= 0.5, clean  # the exported network still classifies the digits
+    for (attack, budget), row in rows.items():
+        if attack != "clean":
+            assert row["events_per_attacked_sample"] <= budget and row["correct"] <= clean["correct"], row
+            assert 0.0 <= row["float_disagreement"] <= 1.0
+    greedy, random = rows[("greedy", 128)], rows[("random", 128)]
+    assert greedy["accuracy"] < clean["accuracy"] and greedy["accuracy"] <= random["accuracy"], (greedy, random)

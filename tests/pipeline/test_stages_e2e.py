@@ -17,7 +17,8 @@ from dvsguard.data.cache import open_cache
 
 def test_every_stage_ran(tiny_run: dict) -> None:
     assert tiny_run["stages"] == {name: "ran" for name in (
-        "synth", "preprocess", "train:vanilla", "train:sr", "attack:vanilla", "attack:sr", "analyze", "export", "report")}
+        "synth", "preprocess", "train:vanilla", "train:sr", "attack:vanilla", "attack:sr", "deployed:vanilla",
+        "deployed:sr", "analyze", "export", "report")}
 
 
 def test_data_stages_wrote_recordings_and_caches(tiny_run: dict) -> None:
@@ -91,10 +92,66 @@ def test_export_compare_scores_the_same_model_the_attack_scored(tiny_run: dict) 
     assert c["accuracy_float"] == pytest.approx(r["attack:vanilla"]["clean_accuracy"])
 
 
+def test_deployed_curves_are_judged_on_each_models_own_integer_network(tiny_run: dict) -> None:
+    """Each deployed stage exported its model and scored the event attacks on that network, within the budgets."""
+    import numpy as np
+
+    from dvsguard.export.exporter import load_samples
+    from dvsguard.export.intsim import load_netx, simulate
+
+    r = tiny_run["results"]
+    test = r["attack:vanilla"]["cache"]
+    for name in ("vanilla", "sr"):
+        d = r[f"deployed:{name}"]
+        events = d["events"]
+        assert Path(d["net"]).parent.name == name and events["checkpoint"] == r[f"train:{name}"]["best"]
+        assert events["judge"] == f"integer network {d['net']}"
+        assert json.loads(Path(events["paths"]["json"]).read_text())["results"] == events["results"]
+        n = r["preprocess"]["n_test"]
+        counts, _, labels = load_samples(Path(test), n)
+        on_int = simulate(load_netx(d["net"]), counts).v_out.argmax(1)
+        assert events["n_samples"] == n and events["clean_accuracy"] == pytest.approx(float(np.mean(on_int == labels)))
+        rows = {(row["attack"], row["budget"]): row for row in events["results"]}
+        assert set(rows) == {("clean", 0)} | {(a, b) for a in ("greedy", "random") for b in (4, 16)}
+        clean = rows[("clean", 0)]
+        for (attack, budget), row in rows.items():
+            if attack == "clean":
+                continue
+            assert row["correct"] <= clean["correct"] and row["total"] == n
+            assert row["events_inserted"] + row["events_deleted"] <= budget * clean["correct"]
+            assert 0.0 <= row["float_disagreement"] <= 1.0
+    assert r["deployed:vanilla"]["events"]["clean_accuracy"] == pytest.approx(r["export"]["compare"]["accuracy_int"])
+
+
+def test_deployed_curves_rerun_alone_when_their_budgets_change(tiny_run: dict, tmp_path: Path) -> None:
+    """A new event budget reruns the deployed stages, not the float-frame attacks (the report follows once they ran)."""
+    import dataclasses
+
+    from dvsguard.pipeline import load_pipeline, plan
+
+    run = Path(tiny_run["run_dir"])
+    original = run.parent / "tiny.toml"
+    changed = tmp_path / "tiny.toml"
+    changed.write_text(original.read_text().replace("event_budgets = [4, 16]", "event_budgets = [4, 8]"))
+    rows = {row["stage"]: row for row in plan(dataclasses.replace(load_pipeline(changed), path=original))}
+    ran = {stage for stage, row in rows.items() if row["action"] == "run"}
+    assert ran == {"deployed:vanilla", "deployed:sr"}
+    assert rows["deployed:sr"]["command"][:2] == ["dvsguard", "deployed"]
+    assert "--event-budgets" in rows["deployed:sr"]["command"]
+    assert all(row["action"] == "skip (unchanged)" for row in plan(load_pipeline(original)))
+
+
 def test_report_shows_what_the_stages_wrote(tiny_run: dict) -> None:
     rep = tiny_run["results"]["report"]
     md = Path(rep["markdown"]).read_text()
-    assert rep["sections"] == ["Run", "Training", "Robustness", "Analysis", "Export"]
+    assert rep["sections"] == ["Run", "Training", "Robustness", "Deployed robustness against event budgets",
+                               "Analysis", "Export"]
+    deployed = md[md.index("## Deployed robustness"):md.index("## Analysis")]
+    assert "report_files/deployed_robustness.png" in deployed
+    for name in ("vanilla", "sr"):
+        for row in tiny_run["results"][f"deployed:{name}"]["events"]["results"]:
+            cells = [name, row["attack"], str(row["budget"]), f"{100 * row['accuracy']:.1f}"]
+            assert "| " + " | ".join(cells) + " |" in deployed, cells
     table = json.loads(Path(tiny_run["results"]["attack:sr"]["paths"]["json"]).read_text())["table"]
     for line in table.splitlines()[2:]:  # the attack rows, with the figures the attack stage measured
         assert line in md
