@@ -66,6 +66,20 @@ def _options(section: dict[str, Any], module: ModuleType, seed: int) -> dict[str
     return values
 
 
+EVENT_THREAT_KEYS = ("event_attacks", "budget", "per_bin_cap", "insert_only", "step_events", "netx", "write_recordings")
+"""Attack options that only the events threat reads."""
+
+
+def _frame_attack_options(section: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The attack stage's options of an ``[attack]`` section; unless it sets ``threat = "events"``, the
+    event-threat keys (there the deployed stages' settings) are left out, so they neither appear in
+    the float-frame attack's command line nor change its fingerprint."""
+    values = _options(section, stages.attack, seed)
+    if values.get("threat", "frames") != "events":
+        values = {k: v for k, v in values.items() if k not in EVENT_THREAT_KEYS}
+    return values
+
+
 def _checkpoint(result: dict[str, Any], out_dir: Path) -> str:
     for key in ("best", "checkpoint", "last"):
         if key in result:
@@ -134,7 +148,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
                 black = {"source": ckpts[source](r)} if source is not None else {}
                 return {"checkpoint": ckpts[model](r), "cache": _cache(r), "out": folder, "protocol": cfg.protocol,
                         **black,
-                        **_options(a, stages.attack, cfg.seed)}
+                        **_frame_attack_options(a, cfg.seed)}
 
             def attack_inputs(r: Results, model: str = model, source: str | None = source) -> list[str]:
                 return [ckpts[model](r)] + ([ckpts[source](r)] if source else [])

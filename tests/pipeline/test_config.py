@@ -209,6 +209,9 @@ def test_event_budgets_add_a_deployed_stage_per_attacked_model(tmp_path: Path) -
             "dvsguard", "deployed", f"<train:{model}.checkpoint>", "--cache", "<preprocess.train>",
             "--event-budgets", "4,16", "--event-limit", "5", "--step-events", "2", "--protocol", "events",
             "--out", str(tmp_path / "run" / "deployed" / model), "--name", model]
+        assert "--step-events" not in rows[f"attack:{model}"]  # the float-frame attack takes none of them
+    without = {r["stage"]: r["command"] for r in plan(load_pipeline(write(tmp_path, MINIMAL + runs + "[attack]\n")))}
+    assert rows["attack:a"] == without["attack:a"]  # so its Config, and its fingerprint, are unchanged
     rows = {r["stage"] for r in plan(load_pipeline(write(tmp_path, MINIMAL + runs + "[attack]\n")))}
     assert not any(stage.startswith("deployed:") for stage in rows)
 
