@@ -42,8 +42,9 @@ from dvsguard.attack.evaluate import select_indices  # noqa: E402
 from dvsguard.units import parse_eps  # noqa: E402
 
 
-def build_vanilla(work: Path, per_class: int, size: int, frames: int, epochs: int, preset: str) -> tuple[Path, Path]:
-    """Synthesize digits, cache them, train a vanilla model; return (checkpoint, train cache)."""
+def build_vanilla(work: Path, per_class: int, size: int, frames: int, epochs: int, preset: str,
+                  optimizer: str = "sgd", lr: float = 0.05) -> tuple[Path, Path]:
+    """Synthesize digits, cache them, train a vanilla model (``optimizer`` at ``lr``); return (checkpoint, train cache)."""
     from dvsguard.data.frames import FramingConfig
     from dvsguard.data.preprocess import preprocess
     from dvsguard.data.synth import SynthConfig, make_digits
@@ -54,7 +55,7 @@ def build_vanilla(work: Path, per_class: int, size: int, frames: int, epochs: in
     cache = preprocess(str(work / "rec"), work / "cache", FramingConfig(n_frames=frames, height=size, width=size),
                        workers=2, progress=False)
     cfg = TrainConfig(cache=str(cache.train), defense="vanilla", preset=preset, epochs=epochs, batch=24,
-                      lr=0.05, augment=False, robust_limit=0)
+                      optimizer=optimizer, lr=lr, augment=False, robust_limit=0)
     result = train(cfg, work / "run", device="cpu")
     print(f"built a vanilla {preset} model in {time.perf_counter() - t0:.0f} s: "
           f"best clean test accuracy {result['best_test_acc']:.3f}")

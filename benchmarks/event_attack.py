@@ -45,24 +45,7 @@ from dvsguard.attack.ensemble import Ensemble  # noqa: E402
 from dvsguard.attack.events import EventBudget, make_event_attack  # noqa: E402
 from dvsguard.units import parse_eps  # noqa: E402
 
-
-def build_vanilla(work: Path, per_class: int, size: int, frames: int, epochs: int, preset: str) -> tuple[Path, Path]:
-    """Synthesize digits, cache them, train a vanilla model; return (checkpoint, train cache)."""
-    from dvsguard.data.frames import FramingConfig
-    from dvsguard.data.preprocess import preprocess
-    from dvsguard.data.synth import SynthConfig, make_digits
-    from dvsguard.train.trainer import TrainConfig, train
-
-    t0 = time.perf_counter()
-    make_digits(work / "rec", SynthConfig(per_class=per_class, size=size))
-    cache = preprocess(str(work / "rec"), work / "cache", FramingConfig(n_frames=frames, height=size, width=size),
-                       workers=2, progress=False)
-    cfg = TrainConfig(cache=str(cache.train), defense="vanilla", preset=preset, epochs=epochs, batch=24,
-                      optimizer="adam", lr=3e-3, augment=False, robust_limit=0)
-    result = train(cfg, work / "run", device="cpu")
-    print(f"built a vanilla {preset} model in {time.perf_counter() - t0:.0f} s: "
-          f"best clean test accuracy {result['best_test_acc']:.3f}")
-    return Path(result["best"]), Path(cache.train)
+from attack_eval import build_vanilla  # noqa: E402  (the sibling benchmark's model builder)
 
 
 def load_samples(cache: Path, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
@@ -117,7 +100,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="event-bench-") as tmp:
         if args.checkpoint is None:
-            checkpoint, cache = build_vanilla(Path(tmp), args.per_class, 32, 10, args.epochs, "small")
+            checkpoint, cache = build_vanilla(Path(tmp), args.per_class, 32, 10, args.epochs, "small",
+                                              optimizer="adam", lr=3e-3)
         elif args.cache is None:
             ap.error("--cache is required with --checkpoint")
         else:

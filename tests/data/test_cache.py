@@ -206,13 +206,8 @@ def test_unreadable_partial_file_is_started_afresh(tmp_path: Path, items: list[t
     assert result.n_resumed == 0 and result.n_samples == len(items)
 
 
-def test_partial_file_that_hangs_the_hdf5_reader_is_rebuilt(tmp_path: Path, items: list[tuple[Path, int]],
-                                                           caplog: pytest.LogCaptureFixture,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """Zeroed bytes in the global heap that holds the file's strings make HDF5 loop for ever while
-    reading the ``key`` attribute: the header is read in a child process, given up after
-    PROBE_SECONDS, and the cache is rebuilt instead of the build hanging."""
-    path = tmp_path / "c.h5"
+def interrupted_after_5(path: Path, items: list[tuple[Path, int]]) -> Path:
+    """Build ``path`` committing every 2 samples, interrupted at the 5th: the ``.partial`` left behind."""
     seen: list[int] = []
 
     def stop(i: int) -> None:
@@ -222,7 +217,17 @@ def test_partial_file_that_hangs_the_hdf5_reader_is_rebuilt(tmp_path: Path, item
 
     with pytest.raises(KeyboardInterrupt):
         build(path, items, commit_every=2, on_sample=stop)
-    partial = path.with_name(path.name + ".partial")
+    return path.with_name(path.name + ".partial")
+
+
+def test_partial_file_that_hangs_the_hdf5_reader_is_rebuilt(tmp_path: Path, items: list[tuple[Path, int]],
+                                                           caplog: pytest.LogCaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Zeroed bytes in the global heap that holds the file's strings make HDF5 loop for ever while
+    reading the ``key`` attribute: the header is read in a child process, given up after
+    PROBE_SECONDS, and the cache is rebuilt instead of the build hanging."""
+    path = tmp_path / "c.h5"
+    partial = interrupted_after_5(path, items)
     data = bytearray(partial.read_bytes())
     heap = data.index(b"GCOL\x01")  # the global heap collection of the variable-length strings
     data[heap + 16 : heap + 32] = b"\0" * 16
@@ -244,16 +249,7 @@ def test_partial_file_that_cannot_be_written_is_rebuilt(tmp_path: Path, items: l
     """A partial whose chunk index is damaged (as a full disk leaves it) opens and reads, but every
     chunk write fails with "Can't write unprocessed chunk data": it is rebuilt, with a warning."""
     path = tmp_path / "c.h5"
-    seen: list[int] = []
-
-    def stop(i: int) -> None:
-        seen.append(i)
-        if len(seen) == 5:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        build(path, items, commit_every=2, on_sample=stop)
-    partial = path.with_name(path.name + ".partial")
+    partial = interrupted_after_5(path, items)
     data = bytearray(partial.read_bytes())
     chunk_index = data.index(b"TREE\x01")  # the v1 B-tree node of the frames' chunks
     data[chunk_index + 24 : chunk_index + 88] = b"\xff" * 64
