@@ -283,7 +283,7 @@ def run_quickstart(seeds: list[int], work: Path) -> str:
             figures[k].append(v)
         rows.append(f"| {seed} | {vc:.1f} | {sc:.1f} | {vp:.1f} | {sp:.1f} | {sp - vp:+.1f} | {minutes:.1f} |")
         print(rows[-1], flush=True)
-        collect_event_curves(run_dir / "run", ("vanilla", "sr-star"), curves)
+        collect_event_curves(run_dir / "run", ("vanilla", "sr-star", "event-at"), curves)
     rows.append(f"| mean ± sd | {mean_sd(figures['vc'])} | {mean_sd(figures['sc'])} | {mean_sd(figures['vp'])} | "
                 f"{mean_sd(figures['sp'])} | {mean_sd([a - b for a, b in zip(figures['sp'], figures['vp'])])} | |")
     text = "Quickstart (white-box ensemble PGD10 at its reported ε), accuracy in %:\n\n" + "\n".join(rows)

@@ -15,7 +15,8 @@ file, the key and what was expected; ε may be a number or a fraction such as ``
 [attack]                 # models (train names), black_box (each model is the next one's source), black_box_source
                          # (one train name: the source of every model's black-box rows); attack's options and
                          # deployed's: event_budgets = [8, 32, 128] adds, per model, the event curve of its
-                         # exported integer network (event_attacks, event_limit, step_events, ...)
+                         # exported integer network (event_attacks, event_limit, step_events, ...); event_models
+                         # (train names) draws that curve for these models instead of the attacked ones
 [analyze]                # models (train names); analyze's options
 [export]                 # model (a train name); export's options
 [report]                 # enabled
@@ -46,7 +47,8 @@ OWN_KEYS: dict[str, dict[str, tuple[type, Any]]] = {
     "pipeline": {"name": (str, REQUIRED), "run_dir": (str, None), "seed": (int, 0), "protocol": (str, "events")},
     "data": {"source": (str, REQUIRED), "sensor_size": (int, None)},
     "train": {"name": (str, REQUIRED), "init": (str, None)},
-    "attack": {"models": (list, None), "black_box": (bool, True), "black_box_source": (str, None)},
+    "attack": {"models": (list, None), "black_box": (bool, True), "black_box_source": (str, None),
+               "event_models": (list, None)},
     "analyze": {"models": (list, None)},
     "export": {"model": (str, REQUIRED)},
     "report": {"enabled": (bool, True)},
@@ -181,6 +183,8 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
         if sections[section] is not None:
             _check_names(file, section, "models", sections[section]["models"], names)  # type: ignore[index]
     attack = sections["attack"]
+    if attack is not None and attack["event_models"] is not None:
+        _check_names(file, "attack", "event_models", attack["event_models"], names)
     if attack is not None and attack["black_box_source"] is not None:
         _check_names(file, "attack", "black_box_source", [attack["black_box_source"]], names)
         if not attack["black_box"]:
@@ -219,9 +223,13 @@ def _resolve_data(file: Path, data: dict[str, Any], base: Path) -> dict[str, Any
 
 
 def _check_deployed(file: Path, attack: dict[str, Any]) -> None:
-    """Options of the deployed curve alone (``event_limit``) are refused without ``event_budgets``, which enables it."""
+    """Options of the deployed curve alone (``event_limit``, ``event_models``) are refused without
+    ``event_budgets``, which enables it."""
     if "event_budgets" in attack:
         return
+    if attack["event_models"] is not None:
+        raise ConfigError(f"{file}: [attack] key 'event_models' names the models of the deployed event curve: add "
+                          f"'event_budgets' to draw it")
     frames = {f.name for f, _, _ in fields(stages.attack.Config)}
     alone = [f.name for f, opt, _ in fields(stages.deployed.Config)
              if not opt.wired and f.name not in frames and f.name in attack]

@@ -155,7 +155,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
 
             out.append(Stage(f"attack:{model}", "attack", stages.attack, attack_values, attack_inputs, out_dir=folder))
         if "event_budgets" in a:
-            out += [_deployed_stage(cfg, model, ckpts[model]) for model in names]
+            out += [_deployed_stage(cfg, model, ckpts[model]) for model in a["event_models"] or names]
 
     if cfg.analyze is not None:
         z = cfg.analyze

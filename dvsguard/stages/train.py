@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dvsguard.errors import ConfigError
 from dvsguard.protocol import PROTOCOLS
 from dvsguard.stages.base import SEED_MAX, Result, check_output, option
 
@@ -18,7 +19,8 @@ class Config:
     """Options of ``dvsguard train``; the defaults equal :class:`dvsguard.train.trainer.TrainConfig`'s."""
 
     cache: Path = option(help="Train-split frame cache (.h5); the test split is found beside it.", wired=True)
-    defense: str = option(help="vanilla, sr, fgsm-at, pgd-at, sr-star or rat.")
+    defense: str = option(help="vanilla, sr, fgsm-at, pgd-at, sr-star, rat or event-at (adversarial training with "
+                               "events inserted and deleted).")
     out: Path = option(help="Run folder: last.pt, best.pt, metrics.jsonl, config.json.", wired=True)
     preset: str = option("small", "Model preset: vgg11 (paper), vgg11-loihi, vgg11-chip (one Loihi 2 chip), vgggesture, small, tiny.")
     epochs: int = option(200, "Epochs (the cosine schedule spans them).", min=1)
@@ -32,11 +34,15 @@ class Config:
                           choices=("sq", "abs"))
     h: float = option(0.01, "SR finite-difference step h, frame units.", kind="eps")
     eps: float = option(2 / 255, "Adversarial-training and robust-check ε, frame units, e.g. 2/255.", kind="eps")
-    attack: str = option("fgsm", "sr-star's adversary: fgsm or pgd.", choices=("fgsm", "pgd"))
+    attack: str = option("fgsm", "sr-star's adversary: fgsm, pgd or events (event-at's).",
+                         choices=("fgsm", "pgd", "events"))
     pgd_steps: int = option(5, "PGD steps k (pgd-at, sr-star with attack pgd).", min=1)
     pgd_alpha: float | None = option(None, "PGD step α, frame units (default 2.5·ε/k; paper protocol: 0.01 for "
                                            "pgd-at, 1/255 for rat).", kind="eps")
     beta: float = option(5e-4, "RAT's Parseval retraction strength.", min=0.0)
+    event_budget: int = option(32, "Event adversary (event-at, sr-star --attack events): events inserted plus "
+                                   "deleted per training example.", min=1)
+    step_events: int = option(16, "Event adversary: events changed per greedy step (top-k bins).", min=1)
     seed: int = option(0, "Seed of initialisation, data order, augmentation and PGD starts.", min=0, max=SEED_MAX)
     augment: bool = option(True, "Augment training frames (the protocol's: crop and flip, or paper's NDA).")
     limit_train: int | None = option(None, "Train on a fixed seeded subset of N samples.", min=1)
@@ -99,7 +105,15 @@ def check(config: Config) -> None:
 
     config.train_config()
     VGGConfig.preset(config.preset)
+    if uses_event_examples(config) and config.protocol == "paper":
+        raise ConfigError(f"defense {config.defense!r} with event examples needs frames of capped event counts; the "
+                          f"paper protocol's frames are resized counts (use the events protocol)")
     check_output(config.out, "--out", folder=True)
+
+
+def uses_event_examples(config: Config) -> bool:
+    """Whether the defense trains on event-realisable examples (``event-at``, ``sr-star`` with ``attack events``)."""
+    return config.defense == "event-at" or (config.defense == "sr-star" and config.attack == "events")
 
 
 def budget_notes(config: Config) -> list[str]:
@@ -108,13 +122,18 @@ def budget_notes(config: Config) -> list[str]:
     from dvsguard.units import budget_note
 
     info = open_cache(config.cache)
+    events = uses_event_examples(config)
     budgets = []
-    if config.defense in ("fgsm-at", "pgd-at", "sr-star", "rat"):
+    if config.defense in ("fgsm-at", "pgd-at", "sr-star", "rat") and not events:
         budgets.append(("training ε", config.eps))
     if config.defense in ("sr", "sr-star"):
         budgets.append(("SR step h", config.h))
-    return [budget_note(what, value, info.protocol, info.count_cap, info.sensor_size, (info.height, info.width))
-            for what, value in budgets]
+    notes = [budget_note(what, value, info.protocol, info.count_cap, info.sensor_size, (info.height, info.width))
+             for what, value in budgets]
+    if events:
+        notes.append(f"training event budget = {config.event_budget} events inserted plus deleted per example, "
+                     f"{config.step_events} per greedy step")
+    return notes
 
 
 def run(config: Config) -> TrainResult:

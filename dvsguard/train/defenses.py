@@ -9,7 +9,14 @@ are made with the model in eval mode (BatchNorm uses running statistics) and the
 is restored before the loss pass.
 
 Names (:data:`DEFENSES`, name → class): ``vanilla``, ``sr``, ``fgsm-at``, ``pgd-at``, ``sr-star``
-(SR with an adversary), ``rat``.
+(SR with an adversary), ``rat``, ``event-at``.
+
+``event-at`` is adversarial training against the event threat model of :mod:`dvsguard.attack.events`:
+its examples insert and delete whole events (greedy top-k by the surrogate gradient,
+:class:`EventAdversary`) within a budget of events per sample, so the frames it trains on stay
+integer counts that a sensor could have produced and the exported network could receive. It
+needs a cache of capped event counts (``count_cap``: the events protocol's downsample framing).
+``sr-star`` takes the same adversary with ``attack="events"``.
 
 RAT comes in two forms (:data:`RAT_FORMS`, chosen by the protocol's ``rat``): ``fgsm``
 (dvsguard's: FGSM-AT, retraction of every row of every Conv2d and Linear weight) and ``paper``
@@ -36,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from dvsguard.attack import FGSM, PGD, Attack
+from dvsguard.attack.events import EventBudget, GreedyEvents
 from dvsguard.attack.pgd import default_alpha
 from dvsguard.errors import ConfigError
 from dvsguard.train.losses import SR_FORMS, cross_entropy, sparsity_regularizer
@@ -45,6 +53,9 @@ DEFAULT_LAMBDA = 0.002
 DEFAULT_H = 0.01
 DEFAULT_BETA = 5e-4
 DEFAULT_PGD_STEPS = 5
+DEFAULT_EVENT_BUDGET = 32  # events inserted plus deleted per training example (event-at)
+DEFAULT_TRAIN_STEP_EVENTS = 16  # events changed per greedy step of the training adversary
+ADVERSARY_KINDS = ("fgsm", "pgd", "events")
 VALUE_RANGE = (0.0, 1.0)
 RAT_FORMS = ("fgsm", "paper")
 # putshua/SNN-RAT utils.orthogonal_retraction: Linear layers with at least this many output rows
@@ -117,6 +128,28 @@ class Adversary:
         return self.attack(unwrap(model), x, y)
 
 
+class EventAdversary:
+    """Makes event-realisable examples for training: :class:`dvsguard.attack.events.GreedyEvents`.
+
+    Frames ``x`` ``[T, B, 2, H, W]`` are ``counts / count_cap``; each example differs from its
+    frame by at most ``budget.events`` whole events (L1 of the count change), changed
+    ``step_events`` per greedy step by the input gradient under the model's own surrogate. The
+    model (unwrapped from DistributedDataParallel) is in eval mode during the attack and its
+    modes are restored.
+    """
+
+    def __init__(self, budget: EventBudget, step_events: int = DEFAULT_TRAIN_STEP_EVENTS) -> None:
+        self.budget = budget
+        self.attack = GreedyEvents(budget, step_events=step_events)
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """Adversarial frames shaped like ``x`` (again counts / count_cap, detached) for labels ``y`` ``[B]``."""
+        return self.attack(unwrap(model), x, y)
+
+
+AnyAdversary = Adversary | EventAdversary
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel wrapper (attacks need no gradient sync)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
@@ -152,7 +185,7 @@ class SparsityRegularization:
     lam: float = DEFAULT_LAMBDA
     h: float = DEFAULT_H
     form: str = "sq"
-    adversary: Adversary | None = None
+    adversary: AnyAdversary | None = None
     name: str = "sr"
     weight_decay_allowed: bool = True
     last_terms: dict[str, Tensor] = field(default_factory=dict, repr=False)
@@ -171,9 +204,9 @@ class SparsityRegularization:
 
 @dataclass
 class AdversarialTraining:
-    """Cross-entropy on adversarial examples (FGSM-AT or PGD-AT)."""
+    """Cross-entropy on adversarial examples (FGSM-AT, PGD-AT or event-AT)."""
 
-    adversary: Adversary
+    adversary: AnyAdversary
     name: str = "fgsm-at"
     weight_decay_allowed: bool = True
     last_terms: dict[str, Tensor] = field(default_factory=dict, repr=False)
@@ -277,9 +310,10 @@ DEFENSES: dict[str, type[Defense]] = {
     "pgd-at": AdversarialTraining,
     "sr-star": SparsityRegularization,
     "rat": RAT,
+    "event-at": AdversarialTraining,
 }
 """Defense name → the class :func:`make_defense` builds for it: ``sr-star`` is SR with an adversary,
-``fgsm-at``/``pgd-at`` are adversarial training with an FGSM/PGD adversary."""
+``fgsm-at``/``pgd-at``/``event-at`` are adversarial training with an FGSM/PGD/event adversary."""
 
 
 def make_defense(
@@ -298,6 +332,9 @@ def make_defense(
     pgd_at_alpha: float | None = None,
     rat: str = "fgsm",
     row_generator: torch.Generator | None = None,
+    count_cap: int | None = None,
+    event_budget: int = DEFAULT_EVENT_BUDGET,
+    step_events: int = DEFAULT_TRAIN_STEP_EVENTS,
 ) -> Defense:
     """Build a defense by registry name.
 
@@ -307,8 +344,9 @@ def make_defense(
         lam: SR weight λ (default 0.002, the paper's DVS setting).
         sr_form: ``"sq"`` (released code) or ``"abs"`` (Eq. 14).
         h: finite-difference step of SR.
-        attack: ``"fgsm"`` or ``"pgd"`` for ``sr-star`` (default fgsm); ``pgd-at`` is always
-            PGD, ``fgsm-at`` always FGSM, ``rat`` FGSM or PGD by ``rat``.
+        attack: ``"fgsm"``, ``"pgd"`` or ``"events"`` for ``sr-star`` (default fgsm); ``pgd-at``
+            is always PGD, ``fgsm-at`` always FGSM, ``event-at`` always events, ``rat`` FGSM or
+            PGD by ``rat``.
         pgd_steps, pgd_alpha: PGD iterations and step (default α = 2.5·ε/steps; for ``pgd-at``
             ``pgd_at_alpha`` when given, for ``rat`` ``paper`` :data:`RAT_PAPER_ALPHA`).
         beta: RAT's Parseval retraction strength (SNN-RAT's default 5e-4 as well).
@@ -319,6 +357,10 @@ def make_defense(
         rat: RAT's form, :data:`RAT_FORMS` (``paper``: PGD adversary with a random start,
             SNN-RAT's sampled-row retraction).
         row_generator: the generator of the rows ``rat`` ``paper`` retracts.
+        count_cap: the cache's clip of counts per frame bin (frames are ``counts / count_cap``);
+            required by the event adversary (``event-at``, ``sr-star`` with ``attack="events"``).
+        event_budget: events inserted plus deleted per example of the event adversary.
+        step_events: events changed per greedy step of the event adversary.
     """
     if name not in DEFENSES:
         raise ConfigError(f"defense {name!r} is unknown; expected one of {', '.join(DEFENSES)}")
@@ -330,8 +372,12 @@ def make_defense(
 
     if rat not in RAT_FORMS:
         raise ConfigError(f"RAT form {rat!r} is unknown; expected one of {', '.join(RAT_FORMS)}")
+    if attack is not None and attack not in ADVERSARY_KINDS:
+        raise ConfigError(f"adversary {attack!r} is unknown; expected one of {', '.join(ADVERSARY_KINDS)}")
 
-    def adversary(kind: str, alpha: float | None = pgd_alpha) -> Adversary:
+    def adversary(kind: str, alpha: float | None = pgd_alpha) -> AnyAdversary:
+        if kind == "events":
+            return event_adversary(count_cap, event_budget, step_events, name)
         spec = AdversarySpec(kind=kind, eps=eps, steps=pgd_steps, alpha=alpha, value_range=value_range)
         return Adversary(spec, generator)
 
@@ -348,4 +394,18 @@ def make_defense(
         return RAT(adversary("fgsm"), beta=beta)
     if name == "pgd-at":
         return AdversarialTraining(adversary("pgd", pgd_alpha if pgd_alpha is not None else pgd_at_alpha), name=name)
+    if name == "event-at":
+        return AdversarialTraining(adversary("events"), name=name)
     return AdversarialTraining(adversary("fgsm"), name=name)
+
+
+def event_adversary(count_cap: int | None, events: int, step_events: int, defense: str) -> EventAdversary:
+    """The event adversary of ``defense``; ``ConfigError`` without a count cap or with a budget below 1."""
+    if count_cap is None:
+        raise ConfigError(f"defense {defense!r} with event examples needs frames of capped event counts "
+                          f"(an events-protocol cache, downsample framing); this cache stores resized counts")
+    if isinstance(events, bool) or not isinstance(events, int) or events < 1:
+        raise ConfigError(f"event budget of adversarial training must be a whole number of events >= 1, got {events!r}")
+    if isinstance(step_events, bool) or not isinstance(step_events, int) or step_events < 1:
+        raise ConfigError(f"events per step must be a whole number >= 1, got {step_events!r}")
+    return EventAdversary(EventBudget(events, int(count_cap)), step_events)

@@ -56,7 +56,17 @@ from dvsguard.snn.fixed_point import FixedPointSpec
 from dvsguard.snn.vgg import SpikingVGG, VGGConfig
 from dvsguard.train import distributed as dist_utils
 from dvsguard.train import finetune, rng
-from dvsguard.train.defenses import DEFAULT_BETA, DEFAULT_EPS, DEFAULT_H, DEFENSES, make_defense, unwrap
+from dvsguard.train.defenses import (
+    ADVERSARY_KINDS,
+    DEFAULT_BETA,
+    DEFAULT_EPS,
+    DEFAULT_EVENT_BUDGET,
+    DEFAULT_H,
+    DEFAULT_TRAIN_STEP_EVENTS,
+    DEFENSES,
+    make_defense,
+    unwrap,
+)
 from dvsguard.train.distributed import Context, EpochSampler
 from dvsguard.train.losses import SR_FORMS
 from dvsguard.train.optimizer import OPTIMIZERS, make_optimizer
@@ -79,7 +89,7 @@ class TrainConfig:
 
     Attributes:
         cache: the train-split frame cache (the test split is its sibling).
-        defense: one of ``vanilla``, ``sr``, ``fgsm-at``, ``pgd-at``, ``sr-star``, ``rat``.
+        defense: one of ``vanilla``, ``sr``, ``fgsm-at``, ``pgd-at``, ``sr-star``, ``rat``, ``event-at``.
         preset: model preset of :meth:`VGGConfig.preset` (``vgg11`` is the paper's).
         epochs, batch, lr, momentum: the optimizer's settings; a cosine schedule spans ``epochs``.
         optimizer: ``sgd`` (the paper's: momentum, weight decay) or ``adam`` (Adam with L2 weight
@@ -87,7 +97,9 @@ class TrainConfig:
         weight_decay: ``None`` → 5e-4 (0 for ``rat``, whose retraction replaces it).
         lam, sr_form, h: SR weight (``None`` → 0.002), form (``sq``/``abs``) and step.
         eps: adversarial-training ε and robust-check ε, frame units.
-        attack: ``fgsm``/``pgd`` for ``sr-star``; pgd_steps, pgd_alpha for PGD (α default 2.5ε/k).
+        attack: ``fgsm``/``pgd``/``events`` for ``sr-star``; pgd_steps, pgd_alpha for PGD (α default 2.5ε/k).
+        event_budget, step_events: the event adversary's budget (events inserted plus deleted per
+            example) and events changed per greedy step (``event-at``, ``sr-star`` with ``events``).
         beta: RAT's Parseval retraction strength.
         seed: seeds model init, data order, augmentation and PGD starts.
         augment: random crop + flip from the data stage.
@@ -120,6 +132,8 @@ class TrainConfig:
     pgd_steps: int = 5
     pgd_alpha: float | None = None
     beta: float = DEFAULT_BETA
+    event_budget: int = DEFAULT_EVENT_BUDGET
+    step_events: int = DEFAULT_TRAIN_STEP_EVENTS
     seed: int = 0
     augment: bool = True
     limit_train: int | None = None
@@ -135,7 +149,8 @@ class TrainConfig:
             get_protocol(self.protocol, "train protocol")
         if self.defense not in DEFENSES:
             raise ConfigError(f"defense {self.defense!r} is unknown; expected one of {', '.join(DEFENSES)}")
-        positive = {"epochs": self.epochs, "batch": self.batch, "pgd_steps": self.pgd_steps}
+        positive = {"epochs": self.epochs, "batch": self.batch, "pgd_steps": self.pgd_steps,
+                    "event_budget": self.event_budget, "step_events": self.step_events}
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
@@ -147,8 +162,8 @@ class TrainConfig:
             raise ConfigError(f"eps must be > 0 (frame units), got {self.eps}")
         if self.sr_form not in SR_FORMS:
             raise ConfigError(f"sr_form {self.sr_form!r} is unknown; expected one of {', '.join(SR_FORMS)}")
-        if self.attack not in ("fgsm", "pgd"):
-            raise ConfigError(f"attack {self.attack!r} is unknown; expected 'fgsm' or 'pgd'")
+        if self.attack not in ADVERSARY_KINDS:
+            raise ConfigError(f"attack {self.attack!r} is unknown; expected one of {', '.join(ADVERSARY_KINDS)}")
         for name in ("limit_train", "limit_test"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -340,7 +355,8 @@ class Trainer:
             pgd_steps=cfg.pgd_steps, pgd_alpha=cfg.pgd_alpha, beta=cfg.beta,
             value_range=self.value_range, generator=self.generators["attack"],
             pgd_at_alpha=self.protocol.pgd_at_alpha, rat=self.protocol.rat,
-            row_generator=self.generators.get("rat_rows"),
+            row_generator=self.generators.get("rat_rows"), count_cap=self.info.count_cap,
+            event_budget=cfg.event_budget, step_events=cfg.step_events,
         )
         wd = cfg.resolved_weight_decay
         if wd and not self.defense.weight_decay_allowed:

@@ -165,6 +165,10 @@ def test_bad_fine_tuning_keys_name_file_and_key(tmp_path: Path, extra: str, mess
     ('defense = "sr"\n[attack]\nevent_budgets = []', "stage deployed:a: --event-budgets: give at least one"),
     ('defense = "sr"\n[attack]\nevent_budgets = [-1]', "[attack] key 'event_budgets': must be >= 0"),
     ('defense = "sr"\n[attack]\nevent_limit = 5', "[attack] key 'event_limit' sets the event curve of the deployed"),
+    ('defense = "sr"\n[attack]\nevent_models = ["b"]', "[attack] key 'event_models' names the models of the deployed"),
+    ('defense = "sr"\n[attack]\nevent_budgets = [8]\nevent_models = ["c"]',
+     "[attack] key 'event_models': no [[train]] run named 'c'"),
+    ('defense = "event-at"\nevent_budget = 0', "[train.1] key 'event_budget': must be >= 1"),
 ])
 def test_every_setting_is_checked_before_anything_runs(tmp_path: Path, extra: str, message: str | None) -> None:
     """A bad setting of any stage stops the pipeline before the data stages run (nothing is written)."""
@@ -214,6 +218,25 @@ def test_event_budgets_add_a_deployed_stage_per_attacked_model(tmp_path: Path) -
     assert rows["attack:a"] == without["attack:a"]  # so its Config, and its fingerprint, are unchanged
     rows = {r["stage"] for r in plan(load_pipeline(write(tmp_path, MINIMAL + runs + "[attack]\n")))}
     assert not any(stage.startswith("deployed:") for stage in rows)
+
+
+def test_event_models_choose_the_deployed_models(tmp_path: Path) -> None:
+    """[attack] event_models: the deployed curve of these runs, whether or not they are attacked on float frames."""
+    runs = '[[train]]\nname = "b"\ndefense = "event-at"\ninit = "a"\nepochs = 1\n'
+    keys = '[attack]\nmodels = ["a"]\nevent_budgets = [4, 16]\nevent_models = ["a", "b"]\n'
+    rows = {r["stage"]: r["command"] for r in plan(load_pipeline(write(tmp_path, MINIMAL + runs + keys)))}
+    assert list(rows)[-3:] == ["attack:a", "deployed:a", "deployed:b"]
+    assert rows["deployed:b"][2] == "<train:b.checkpoint>"
+    assert rows["train:b"][rows["train:b"].index("--defense") + 1] == "event-at"
+
+
+def test_event_examples_refuse_the_paper_protocol_before_anything_runs(tmp_path: Path) -> None:
+    text = MINIMAL.replace('name = "t"\n', 'name = "t"\nprotocol = "paper"\n', 1)
+    for runs in ('defense = "event-at"', 'defense = "sr-star"\nattack = "events"'):
+        path = write(tmp_path, text + '[[train]]\nname = "b"\n' + runs + "\n")
+        with pytest.raises(ConfigError, match="stage train:b: .* needs frames of capped event counts"):
+            plan(load_pipeline(path))
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_event_curve_refuses_the_paper_protocol_before_anything_runs(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The shipped quickstart pipeline from start to finish (slow: about 10 minutes on 2 cores)."""
+"""The shipped quickstart pipeline from start to finish (slow: about 15 minutes on 2 cores)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def test_quickstart_pipeline(tmp_path: Path) -> None:
           f"Lava identical on {verify['n']}: {verify['identical']}")
     assert compare["n"] == 100 and compare["agreement"] >= 0.99, compare
     assert verify["n"] == 1 and verify["identical"] and verify["v_out_mismatches"] == 0, verify
-    for name in ("vanilla", "sr-star"):
+    for name in ("vanilla", "sr-star", "event-at"):
         check_event_curve(name, result["results"][f"deployed:{name}"], run_dir)
     assert "Deployed robustness against event budgets" in (run_dir / "report.md").read_text()
 

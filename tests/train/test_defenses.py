@@ -134,9 +134,9 @@ def test_rat_retracts_conv_and_linear_weights_after_a_step(tiny_net):
 
 
 def test_registry_names_and_errors():
-    assert tuple(DEFENSES) == ("vanilla", "sr", "fgsm-at", "pgd-at", "sr-star", "rat")
+    assert tuple(DEFENSES) == ("vanilla", "sr", "fgsm-at", "pgd-at", "sr-star", "rat", "event-at")
     for name, cls in DEFENSES.items():
-        defense = make_defense(name)
+        defense = make_defense(name, count_cap=15)
         assert defense.name == name and isinstance(defense, cls)
         assert defense.last_terms == {}
     with pytest.raises(ConfigError, match="defense 'trades' is unknown"):
@@ -163,3 +163,44 @@ def test_sr_star_is_sr_on_the_adversarial_batch(tiny_net, frames):
     assert torch.equal(loss, want) and torch.equal(logits, want_logits)
     assert star.last_terms.keys() == {"ce", "sr"}
     assert all(torch.equal(star.last_terms[k], sr.last_terms[k]) for k in ("ce", "sr"))
+
+
+def count_frames(cap: int = 15) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames of integer counts ``[T=3, B=6, 2, 8, 8]`` / ``cap`` (about half the bins empty, some at the
+    cap) and labels ``[6]`` over 4 classes."""
+    g = torch.Generator().manual_seed(1)
+    counts = torch.randint(-cap, cap + 1, (3, 6, 2, 8, 8), generator=g).clamp(min=0)
+    return counts.float() / cap, torch.randint(0, 4, (6,), generator=g)
+
+
+@pytest.mark.parametrize("name", ["event-at", "sr-star"])
+def test_event_examples_are_whole_events_within_the_budget(name, tiny_net):
+    """The event adversary's examples are counts / cap again, within 0..cap, at most `event_budget` events
+    from the batch and found by ⌈budget / step⌉ eval-mode gradient passes."""
+    x, y = count_frames()
+    model = Recorder(tiny_net()).train()
+    defense = make_defense(name, attack="events", count_cap=15, event_budget=10, step_events=4)
+    loss, logits = defense.loss(model, x, y)
+    assert torch.isfinite(loss) and logits.shape == (6, 4)
+    attack_calls = [c for c in model.calls if not c[1]]
+    train_calls = [c for c in model.calls if c[1]]
+    assert len(attack_calls) == 3 and model.training
+    assert len(train_calls) == (2 if name == "sr-star" else 1)
+    counts = train_calls[0][0] * 15
+    assert torch.equal(counts, counts.round()) and counts.min() >= 0 and counts.max() <= 15
+    changed = (counts.round() - (x * 15).round()).abs().transpose(0, 1).flatten(1).sum(1)
+    assert changed.max() <= 10 and changed.min() > 0, changed
+    loss_clean = cross_entropy(model.inner.eval()(x), y)
+    loss_adv = cross_entropy(model.inner(train_calls[0][0]), y)
+    assert loss_adv > loss_clean  # the examples point uphill
+
+
+def test_event_adversary_refuses_frames_without_a_count_cap():
+    with pytest.raises(ConfigError, match="'event-at' with event examples needs frames of capped event counts"):
+        make_defense("event-at")
+    with pytest.raises(ConfigError, match="'sr-star' with event examples"):
+        make_defense("sr-star", attack="events")
+    with pytest.raises(ConfigError, match="event budget of adversarial training must be a whole number"):
+        make_defense("event-at", count_cap=15, event_budget=0)
+    with pytest.raises(ConfigError, match="adversary 'cw' is unknown"):
+        make_defense("sr-star", attack="cw")
