@@ -52,13 +52,20 @@ def test_quickstart_pipeline(tmp_path: Path) -> None:
           f"Lava identical on {verify['n']}: {verify['identical']}")
     assert compare["n"] == 100 and compare["agreement"] >= 0.99, compare
     assert verify["n"] == 1 and verify["identical"] and verify["v_out_mismatches"] == 0, verify
+    greedy_128 = {}
     for name in ("vanilla", "sr-star", "event-at"):
-        check_event_curve(name, result["results"][f"deployed:{name}"], run_dir)
+        greedy_128[name] = check_event_curve(name, result["results"][f"deployed:{name}"], run_dir)
+    # event-AT (trained on 128-event examples) withstands the largest budget better than vanilla: the
+    # README's claim for seeds 0, 1, 2
+    assert greedy_128["event-at"] >= greedy_128["vanilla"] + 0.15, greedy_128
     assert "Deployed robustness against event budgets" in (run_dir / "report.md").read_text()
 
 
-def check_event_curve(name: str, deployed: dict, run_dir: Path) -> None:
-    """The deployed curve of ``name``: 50 samples, each budget spent within bounds, guided events beat random ones."""
+def check_event_curve(name: str, deployed: dict, run_dir: Path) -> float:
+    """The deployed curve of ``name``: 50 samples, each budget spent within bounds, guided events beat random ones.
+
+    Returns the integer network's accuracy (0..1) against greedy events at 128 events per sample.
+    """
     events = deployed["events"]
     state = json.loads((run_dir / "pipeline_state.json").read_text())["stages"][f"deployed:{name}"]
     rows = {(r["attack"], r["budget"]): r for r in events["results"]}
@@ -77,3 +84,4 @@ def check_event_curve(name: str, deployed: dict, run_dir: Path) -> None:
             assert 0.0 <= row["float_disagreement"] <= 1.0
     greedy, random = rows[("greedy", 128)], rows[("random", 128)]
     assert greedy["accuracy"] < clean["accuracy"] and greedy["accuracy"] <= random["accuracy"], (greedy, random)
+    return greedy["accuracy"]
