@@ -81,6 +81,9 @@ DEFAULT_WEIGHT_DECAY = 5e-4
 
 # settings that may change between a run and its resumption: the cache may move (its key is checked)
 _RESUMABLE_CHANGES = ("cache",)
+# settings added after runs were first recorded: a run without one was trained as its value says
+_ADDED_SETTINGS = {"protocol": DEFAULT_PROTOCOL, "event_budget": DEFAULT_EVENT_BUDGET,
+                   "step_events": DEFAULT_TRAIN_STEP_EVENTS}
 
 
 @dataclass(frozen=True)
@@ -412,7 +415,7 @@ class Trainer:
         return states
 
     def _check_resumable(self, payload: dict[str, Any], path: Path) -> None:
-        saved = {"protocol": DEFAULT_PROTOCOL, **payload.get("train", {})}  # runs from before protocols: events
+        saved = {**_ADDED_SETTINGS, **payload.get("train", {})}
         mine = {**self.cfg.to_dict(), "weight_decay": self.cfg.resolved_weight_decay}
         for key, value in mine.items():
             if key in _RESUMABLE_CHANGES:

@@ -118,3 +118,19 @@ def test_checkpoints_without_a_protocol_are_events_and_a_bad_one_is_refused(digi
     model, _ = load_model(tmp_path / "old.pt")
     assert model.cfg.linear_init == "kaiming"
     assert torch.equal(model.classifier[1].weight, load_model(run / "best.pt")[0].classifier[1].weight)
+
+
+def test_runs_from_before_the_event_adversary_resume(digits_cache, tmp_path, one_thread):
+    """A last.pt whose train settings predate event_budget/step_events resumes (they were their defaults)."""
+    run = tmp_path / "run"
+    train(_cfg(digits_cache, epochs=2), run, device="cpu")
+    payload = load_checkpoint(run / "last.pt")
+    del payload["train"]["event_budget"], payload["train"]["step_events"]
+    payload["epoch"] = 1
+    save_checkpoint(run / "last.pt", payload)
+    assert train(_cfg(digits_cache, epochs=2), run, resume=True, device="cpu")["resumed_from"] == 1
+    payload = load_checkpoint(run / "last.pt")
+    payload["epoch"] = 1
+    save_checkpoint(run / "last.pt", payload)
+    with pytest.raises(ConfigError, match="cannot resume with event_budget=8; the run was started with event_budget=32"):
+        train(_cfg(digits_cache, epochs=2, event_budget=8), run, resume=True, device="cpu")
